@@ -1,0 +1,60 @@
+# llmrec-lightning: every job goes through one entry point, python -m lightning_modules.run.
+# Variables: DATASET, BACKBONE, DATA_DIR, SEED, TRAINER, LOGGER, ARGS="key=value ...".
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY ?= $(VENV)/bin/python
+# The pin keeps pip from resolving a multi-GB CUDA build on CPU machines (see DESIGN.md pitfalls).
+TORCH ?= torch==2.13.0
+
+DATASET ?= beauty
+BACKBONE ?= sasrec
+DATA_DIR ?=
+SEED ?= 42
+TRAINER ?= auto
+LOGGER ?= csv
+ARGS ?=
+RUNS ?= runs
+
+RUN_ARGS = data=$(DATASET) backbone=$(BACKBONE) trainer=$(TRAINER) logger=$(LOGGER) seed=$(SEED) \
+	paths.runs=$(RUNS) $(if $(DATA_DIR),data.data_dir=$(DATA_DIR)) $(ARGS)
+CF_DONE = $(RUNS)/$(DATASET)/cf_pretrain/$(BACKBONE)/metrics.json
+
+.PHONY: help install test test-full cf-pretrain train-all bench-cf smoke clean FORCE
+
+help:  ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@echo "  variables: DATASET=$(DATASET) BACKBONE=$(BACKBONE) DATA_DIR=$(DATA_DIR) SEED=$(SEED) TRAINER=$(TRAINER) LOGGER=$(LOGGER) ARGS=\"key=value ...\""
+
+$(PY):
+	python3 -m venv $(VENV)
+
+install: $(PY)  ## create .venv and install the package with its dev extras
+	$(PY) -m pip install --upgrade pip setuptools wheel
+	$(PY) -m pip install "$(TORCH)" -e '.[dev]'
+
+test:  ## fast offline tests (no slow ones)
+	WANDB_MODE=disabled $(PY) -m pytest -m "not slow" -q
+
+test-full:  ## every test, slow ones included (real data, DDP, end-to-end runs)
+	WANDB_MODE=disabled $(PY) -m pytest -q
+
+cf-pretrain:  ## train a CF backbone: make cf-pretrain DATASET=beauty BACKBONE=sasrec DATA_DIR=...
+	$(PY) -m lightning_modules.run stage=cf_pretrain $(RUN_ARGS)
+
+$(CF_DONE):
+	$(PY) -m lightning_modules.run stage=cf_pretrain $(RUN_ARGS)
+
+train-all: $(CF_DONE)  ## every stage end to end; finished stages are skipped
+	@echo "train-all: done; results in $(RUNS)/$(DATASET)/"
+
+bench-cf:  ## seconds per epoch, evaluation seconds and peak memory of every backbone on DATASET
+	$(PY) -m benchmarks.bench_cf data=$(DATASET) seed=$(SEED) $(if $(DATA_DIR),data.data_dir=$(DATA_DIR)) $(ARGS)
+
+smoke:  ## every backbone for one epoch on synthetic data (CPU, about a minute)
+	for b in sasrec gru4rec nextitnet ncf lightgcn pop; do \
+		$(PY) -m lightning_modules.run data=synthetic backbone=$$b trainer=cpu logger=none paths.runs=$(RUNS)/smoke stage.max_epochs=1 || exit 1; \
+	done
+
+clean:  ## remove run outputs and processed data caches (raw downloads are kept)
+	rm -rf $(RUNS) data/processed

@@ -1,0 +1,54 @@
+"""Experiment loggers: CSV always available, W&B offline unless an account is configured."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+log = logging.getLogger(__name__)
+
+
+def wandb_logged_in() -> bool:
+    """True when an API key is in the environment or in ``~/.netrc`` for api.wandb.ai."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def build_loggers(
+    name: str, save_dir: Path, run_name: str, group: str, job_type: str, project: str, entity: str = "", mode: str = "", config: dict | None = None
+) -> list[Logger]:
+    """``none`` -> []; ``csv`` -> a CSVLogger in ``save_dir``; ``wandb`` -> W&B (+ CSV).
+
+    W&B mode: ``WANDB_MODE`` wins when set (tests set ``disabled``); then ``mode``; otherwise
+    online when logged in, else offline (runs land in ``save_dir/wandb`` for a later ``wandb sync``).
+    """
+    if name == "none":
+        return []
+    loggers: list[Logger] = [CSVLogger(save_dir=str(save_dir), name="csv", version="")]
+    if name == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        resolved = os.environ.get("WANDB_MODE") or mode or ("online" if wandb_logged_in() else "offline")
+        if resolved == "offline":
+            log.info("W&B is offline (no account configured); sync later with `wandb sync %s/wandb`", save_dir)
+        loggers.append(
+            WandbLogger(
+                project=project,
+                entity=entity or None,
+                name=run_name,
+                group=group,
+                job_type=job_type,
+                save_dir=str(save_dir),
+                mode=resolved,
+                config=config,
+            )
+        )
+    return loggers

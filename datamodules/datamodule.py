@@ -1,0 +1,331 @@
+"""LightningDataModule over a processed dataset: training batches, and validation/test users.
+
+Batches are built whole by the dataset (``dataset[list_of_indices] -> SeqBatch``), which keeps
+collation vectorised. Training batches of sequential models are bucketed by length and padded to
+the longest sequence in the batch, not to ``max_len``: Beauty's mean length is 8.9, so padding to
+50 would spend most of the compute on padding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from datamodules.batch import SeqBatch
+from datamodules.cache import ensure_processed, load_processed
+from datamodules.config import DataConfig
+from datamodules.constants import PAD_ID
+from datamodules.preprocess import ProcessedData
+from datamodules.sampling import sample_batch_negatives
+
+INPUT_KINDS = ("sequence", "user")
+
+
+def _gather_padded(flat: Tensor, starts: Tensor, lengths: Tensor, left: bool) -> Tensor:
+    """Rows ``flat[starts[b] : starts[b] + lengths[b]]`` padded with PAD_ID to ``[B, max(lengths)]``."""
+    width = int(lengths.max()) if len(lengths) else 0
+    cols = torch.arange(width)
+    if left:
+        offset = cols.unsqueeze(0) - (width - lengths).unsqueeze(1)
+    else:
+        offset = cols.unsqueeze(0).expand(len(lengths), width)
+    valid = (offset >= 0) & (offset < lengths.unsqueeze(1))
+    index = (starts.unsqueeze(1) + offset.clamp(min=0)).clamp(max=max(len(flat) - 1, 0))
+    return torch.where(valid, flat[index], torch.full_like(index, PAD_ID))
+
+
+class _StepSeeds:
+    """Seeds of per-batch generators: a function of (seed, epoch, rank, step) only, so negatives
+    are identical across runs whatever the number of loader workers."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def generator(self, epoch: int, rank: int, step: int) -> torch.Generator:
+        seq = np.random.SeedSequence([self.seed, epoch, rank, step])
+        return torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
+
+
+class SequenceTrainData(Dataset):
+    """Next-item training windows of every user's training sequence.
+
+    A training sequence ``t_1..t_n`` gives inputs ``t_1..t_{n-1}`` and targets ``t_2..t_n``;
+    sequences longer than ``max_len + 1`` are cut into consecutive windows, so one epoch visits
+    every training position exactly once.
+    """
+
+    def __init__(self, data: ProcessedData, max_len: int, num_negatives: int, seed: int) -> None:
+        self.data = data
+        self.num_negatives = num_negatives
+        self.seeds = _StepSeeds(seed)
+        users = torch.arange(1, data.num_users + 1)
+        n_train = data.train_length(users)
+        rows_u, rows_start, rows_end = [], [], []
+        for user, n, start in zip(users.tolist(), n_train.tolist(), data.seq_offsets[1:-1].tolist()):
+            end = n
+            while end >= 2:
+                rows_u.append(user)
+                rows_start.append(start + max(0, end - max_len - 1))
+                rows_end.append(start + end)
+                end -= max_len
+        self.users = torch.tensor(rows_u, dtype=torch.long)
+        self.starts = torch.tensor(rows_start, dtype=torch.long)
+        self.ends = torch.tensor(rows_end, dtype=torch.long)
+        self.lengths = self.ends - self.starts - 1
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    @property
+    def num_positions(self) -> int:
+        return int(self.lengths.sum())
+
+    def __getitem__(self, request: tuple[int, int, int, list[int]]) -> SeqBatch:
+        epoch, rank, step, indices = request
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        lengths, starts = self.lengths[idx], self.starts[idx]
+        item_seq = _gather_padded(self.data.seq_items, starts, lengths, left=True)
+        pos = _gather_padded(self.data.seq_items, starts + 1, lengths, left=True)
+        users = self.users[idx]
+        neg = None
+        if self.num_negatives:
+            history = _train_history(self.data, users)
+            neg = sample_batch_negatives(
+                history, (*pos.shape, self.num_negatives), self.data.num_items, self.seeds.generator(epoch, rank, step)
+            )
+            neg = neg.masked_fill((pos == PAD_ID).unsqueeze(-1), PAD_ID)
+        return SeqBatch(user_ids=users, item_seq=item_seq, pos_items=pos, neg_items=neg)
+
+
+class InteractionTrainData(Dataset):
+    """Training ``(user, item)`` pairs for non-sequential models (NCF, LightGCN); one epoch = every pair once."""
+
+    def __init__(self, data: ProcessedData, num_negatives: int, seed: int) -> None:
+        self.data = data
+        self.pairs = data.train_interactions()
+        self.pairs = self.pairs[self.pairs[:, 0] != PAD_ID]
+        self.num_negatives = num_negatives
+        self.seeds = _StepSeeds(seed)
+        self.lengths = torch.ones(len(self.pairs), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def num_positions(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, request: tuple[int, int, int, list[int]]) -> SeqBatch:
+        epoch, rank, step, indices = request
+        pairs = self.pairs[torch.as_tensor(indices, dtype=torch.long)]
+        users, pos = pairs[:, 0], pairs[:, 1]
+        neg = None
+        if self.num_negatives:
+            neg = sample_batch_negatives(
+                _train_history(self.data, users),
+                (len(users), self.num_negatives),
+                self.data.num_items,
+                self.seeds.generator(epoch, rank, step),
+            )
+        return SeqBatch(user_ids=users, pos_items=pos, neg_items=neg)
+
+
+def _train_history(data: ProcessedData, users: Tensor) -> Tensor:
+    """Training items of ``users``, right-padded ``[B, H]``."""
+    return _gather_padded(data.seq_items, data.seq_offsets[users], data.train_length(users), left=False)
+
+
+class EvalData(Dataset):
+    """Validation or test users with their history, frozen candidates and full-ranking mask.
+
+    For the test split the history is training + validation item (as in A-LLMRec); for
+    validation it is the training items only. ``item_seq`` holds the last ``max_len`` of it.
+    """
+
+    def __init__(self, data: ProcessedData, split: str, max_len: int) -> None:
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        self.data = data
+        self.split = split
+        self.max_len = max_len
+        self.users = data.eval_users
+        self.candidates = (data.valid_candidates if split == "val" else data.test_candidates)[self.users]
+        # Position of the target inside the sequence: second-to-last (val) or last (test).
+        self.hist_len = data.lengths[self.users] - (2 if split == "val" else 1)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, indices: list[int]) -> SeqBatch:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        users, hist_len = self.users[idx], self.hist_len[idx]
+        starts = self.data.seq_offsets[users]
+        recent = hist_len.clamp(max=self.max_len)
+        return SeqBatch(
+            user_ids=users,
+            item_seq=_gather_padded(self.data.seq_items, starts + hist_len - recent, recent, left=True),
+            candidates=self.candidates[idx],
+            history=_gather_padded(self.data.seq_items, starts, hist_len, left=False),
+        )
+
+
+class BucketBatchSampler(Sampler):
+    """Shuffled batches of similar-length samples, a disjoint shard per rank.
+
+    Each epoch: a seeded permutation, cut to a multiple of ``num_replicas`` (so ranks get equal,
+    disjoint shards and the same number of batches), the rank's shard, chunks of
+    ``batch_size * bucket_factor`` sorted by length, batches, then the batch order shuffled.
+    Yields ``(epoch, rank, step, indices)`` so the dataset can seed per-batch negatives.
+    """
+
+    def __init__(
+        self,
+        lengths: Tensor,
+        batch_size: int,
+        seed: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        bucket_factor: int = 50,
+    ) -> None:
+        self.lengths = lengths.numpy()
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.bucket_factor = bucket_factor
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _shard_size(self) -> int:
+        return len(self.lengths) // self.num_replicas
+
+    def _batches(self) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        perm = rng.permutation(len(self.lengths))[: self._shard_size() * self.num_replicas]
+        shard = perm[self.rank :: self.num_replicas]
+        batches = []
+        chunk = self.batch_size * self.bucket_factor
+        for begin in range(0, len(shard), chunk):
+            part = shard[begin : begin + chunk]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            batches.extend(part[i : i + self.batch_size] for i in range(0, len(part), self.batch_size))
+        order = rng.permutation(len(batches))
+        return [batches[i] for i in order]
+
+    def __iter__(self) -> Iterator[tuple[int, int, int, list[int]]]:
+        for step, batch in enumerate(self._batches()):
+            yield self.epoch, self.rank, step, batch.tolist()
+
+    def __len__(self) -> int:
+        shard, chunk = self._shard_size(), self.batch_size * self.bucket_factor
+        full, rest = divmod(shard, chunk)
+        return full * math.ceil(chunk / self.batch_size) + math.ceil(rest / self.batch_size)
+
+
+class ShardedEvalSampler(Sampler):
+    """Consecutive batches of this rank's users ``rank::num_replicas``, without padding.
+
+    Lightning's default DistributedSampler repeats samples to even out ranks, which counts some
+    users twice; here every user is evaluated exactly once across ranks.
+    """
+
+    def __init__(self, size: int, batch_size: int, num_replicas: int = 1, rank: int = 0) -> None:
+        self.indices = np.arange(rank, size, num_replicas)
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for begin in range(0, len(self.indices), self.batch_size):
+            yield self.indices[begin : begin + self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.indices) / self.batch_size)
+
+
+class SeqDataModule(L.LightningDataModule):
+    """Amazon, prepared-folder or synthetic data for every stage.
+
+    ``input_kind`` selects the training samples: ``"sequence"`` (next-item windows, for SASRec,
+    GRU4Rec, NextItNet) or ``"user"`` (user-item pairs, for NCF and LightGCN). ``num_negatives``
+    per training target are sampled each step (0 for the full-softmax loss).
+    """
+
+    def __init__(self, cfg: DataConfig, input_kind: str = "sequence", num_negatives: int = 0, seed: int = 42) -> None:
+        super().__init__()
+        if input_kind not in INPUT_KINDS:
+            raise ValueError(f"input_kind must be one of {list(INPUT_KINDS)}, got {input_kind!r}")
+        self.cfg = cfg
+        self.input_kind = input_kind
+        self.num_negatives = num_negatives
+        self.seed = seed
+        self.data: ProcessedData | None = None
+        self.train_data: SequenceTrainData | InteractionTrainData | None = None
+
+    def prepare_data(self) -> None:
+        ensure_processed(self.cfg)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is None:
+            self.data = load_processed(self.cfg)
+            if self.input_kind == "sequence":
+                self.train_data = SequenceTrainData(self.data, self.cfg.max_len, self.num_negatives, self.seed)
+            else:
+                self.train_data = InteractionTrainData(self.data, self.num_negatives, self.seed)
+
+    @property
+    def num_users(self) -> int:
+        return self._loaded().num_users
+
+    @property
+    def num_items(self) -> int:
+        return self._loaded().num_items
+
+    def _loaded(self) -> ProcessedData:
+        if self.data is None:
+            raise RuntimeError("call prepare_data() and setup() before using the datamodule")
+        return self.data
+
+    def _replicas(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def _loader(self, dataset: Dataset, sampler: Sampler) -> DataLoader:
+        # batch_size=None: the sampler yields whole batches and the dataset builds SeqBatch itself.
+        return DataLoader(
+            dataset,
+            sampler=sampler,
+            batch_size=None,
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self._loaded()
+        world, rank = self._replicas()
+        batch_size = self.cfg.batch_size if self.input_kind == "sequence" else self.cfg.pair_batch_size
+        sampler = BucketBatchSampler(self.train_data.lengths, batch_size, self.seed, world, rank)
+        return self._loader(self.train_data, sampler)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        dataset = EvalData(self._loaded(), split, self.cfg.max_len)
+        world, rank = self._replicas()
+        return self._loader(dataset, ShardedEvalSampler(len(dataset), self.cfg.eval_batch_size, world, rank))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,110 @@
+"""Stage ``cf_pretrain``: train a CF backbone on next-item / user-item data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from backbones.base import Backbone
+from backbones.losses import bce_loss, bpr_loss, chunked_softmax_loss, full_softmax_loss
+from datamodules.batch import SeqBatch
+from datamodules.constants import PAD_ID
+
+
+@dataclass
+class CFPretrainConfig:
+    """Optimisation of the ``cf_pretrain`` stage (the ``stage`` group)."""
+
+    name: str = "cf_pretrain"
+    lr: float = 1e-3  # (float) Adam learning rate
+    weight_decay: float = 0.0  # (float) AdamW decay on weight matrices; embeddings, norms and biases are not decayed
+    betas: tuple[float, float] = (0.9, 0.98)  # (float, float) Adam betas (SASRec code)
+    max_epochs: int = 200  # (int) upper bound; early stopping on val/ndcg@10 usually ends sooner
+    patience: int = 10  # (int) epochs without a better val/ndcg@10 before stopping; 0 disables early stopping
+    monitor: str = "val/ndcg@10"  # (str) validation metric that picks the checkpoint to test
+    ce_compute_dtype: str = "bfloat16"  # (str) matmul dtype of the chunked softmax loss: bfloat16 | float32
+    ce_chunk: int = 256  # (int) rows of logits computed at once by the chunked softmax loss
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"stage.lr must be > 0, got {self.lr}")
+        if self.max_epochs < 0:
+            raise ValueError(f"stage.max_epochs must be >= 0, got {self.max_epochs}")
+        if self.patience < 0:
+            raise ValueError(f"stage.patience must be >= 0, got {self.patience}")
+        if self.ce_compute_dtype not in ("bfloat16", "float32"):
+            raise ValueError(f"stage.ce_compute_dtype must be bfloat16 or float32, got {self.ce_compute_dtype!r}")
+        if self.ce_chunk < 1:
+            raise ValueError(f"stage.ce_chunk must be >= 1, got {self.ce_chunk}")
+
+
+class CFPretrainModule(L.LightningModule):
+    """Wires a backbone to its loss, optimiser and evaluation outputs.
+
+    Losses (``loss``): ``ce`` full softmax over all items; ``bce`` / ``bpr`` with the batch's
+    sampled negatives. Validation returns sampled-protocol scores; test also returns full-ranking
+    scores. The metrics themselves live in ``callbacks.ranking.RankingMetricsCallback``.
+    """
+
+    full_ranking_val = False
+    full_ranking_test = True
+
+    def __init__(self, backbone: Backbone, cfg: CFPretrainConfig, loss: str = "ce") -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.cfg = cfg
+        self.loss_name = loss
+
+    def training_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
+        loss = self._sequence_loss(batch) if self.backbone.input_kind == "sequence" else self._user_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def _sequence_loss(self, batch: SeqBatch) -> Tensor:
+        hidden = self.backbone.sequence_output(batch.item_seq)
+        mask = batch.pos_items != PAD_ID
+        hidden, targets = hidden[mask], batch.pos_items[mask]  # only real positions: [P, D], [P]
+        if self.loss_name == "ce":
+            return self._softmax_loss(hidden, self.backbone.item_embeddings(), targets)
+        pos = (hidden * self.backbone.item_embeddings(targets)).sum(-1)
+        neg = torch.einsum("pd,pkd->pk", hidden, self.backbone.item_embeddings(batch.neg_items[mask]))
+        return bce_loss(pos, neg) if self.loss_name == "bce" else bpr_loss(pos, neg)
+
+    def _softmax_loss(self, hidden: Tensor, table: Tensor, targets: Tensor) -> Tensor:
+        # table[1:] and targets - 1 leave the padding item out of the softmax without a copy.
+        dtype = getattr(torch, self.cfg.ce_compute_dtype)
+        return chunked_softmax_loss(hidden, table[1:], targets - 1, self.cfg.ce_chunk, dtype)
+
+    def _user_loss(self, batch: SeqBatch) -> Tensor:
+        if self.loss_name == "ce":
+            if self.backbone.dot_product_scores:
+                user, table = self.backbone.user_and_item_tables(batch)
+                return self._softmax_loss(user, table, batch.pos_items)
+            return full_softmax_loss(self.backbone.score_all(batch), batch.pos_items)
+        scores = self.backbone.train_scores(batch, torch.cat([batch.pos_items.unsqueeze(1), batch.neg_items], dim=1))
+        pos, neg = scores[:, 0], scores[:, 1:]
+        return bce_loss(pos, neg) if self.loss_name == "bce" else bpr_loss(pos, neg)
+
+    def validation_step(self, batch: SeqBatch, batch_idx: int) -> dict[str, Tensor]:
+        return {"scores": self.backbone.score(batch, batch.candidates)}
+
+    def test_step(self, batch: SeqBatch, batch_idx: int) -> dict[str, Tensor]:
+        return {"scores": self.backbone.score(batch, batch.candidates), "full_scores": self.backbone.score_all(batch)}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # nanoGPT's split: decay weight matrices only; never embeddings, norms or biases.
+        decay, no_decay = [], []
+        for module_name, module in self.backbone.named_modules():
+            for name, param in module.named_parameters(recurse=False):
+                if not param.requires_grad:
+                    continue
+                is_matrix = param.dim() >= 2 and not isinstance(module, torch.nn.Embedding)
+                (decay if is_matrix else no_decay).append(param)
+        groups = [
+            {"params": decay, "weight_decay": self.cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.cfg.lr, betas=tuple(self.cfg.betas))

@@ -1,0 +1,194 @@
+"""The run configuration: OmegaConf structured configs over dataclasses, composed from ``conf/``.
+
+Composition order (later wins): the dataclass defaults <- ``conf/<group>/<choice>.yaml`` for each
+group <- ``key=value`` overrides from the command line. Struct mode makes every misspelled key an
+error that names the key and the valid ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from backbones import backbone_config
+from datamodules.config import DataConfig
+from lightning_modules.cf_pretrain import CFPretrainConfig
+
+CONF_DIR = Path(os.environ.get("LLMREC_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
+GROUPS = ("data", "backbone", "stage", "trainer", "logger")
+DEFAULT_CHOICES = {"data": "synthetic", "backbone": "sasrec", "stage": "cf_pretrain", "trainer": "auto", "logger": "csv"}
+STAGE_CONFIGS: dict[str, type] = {"cf_pretrain": CFPretrainConfig}
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings (the ``trainer`` group)."""
+
+    name: str = "auto"
+    accelerator: str = "auto"  # (str) cpu | gpu | auto
+    devices: Any = "auto"  # (int | str) devices per node
+    strategy: str = "auto"  # (str) auto | ddp (never ddp_spawn on CPU: it double-counts metrics)
+    num_nodes: int = 1
+    precision: str = "32-true"  # (str) 32-true | bf16-mixed | 16-mixed
+    deterministic: bool = False
+    max_time: str = ""  # (str) DD:HH:MM:SS wall-clock cap on fit; "" = none
+    limit_train_batches: float = 1.0
+    limit_val_batches: float = 1.0
+    limit_test_batches: float = 1.0
+    gradient_clip_val: float = 0.0
+    log_every_n_steps: int = 50
+    enable_progress_bar: bool = True
+    num_threads: int = 0  # (int) torch intra-op CPU threads; 0 = torch's default
+
+    def __post_init__(self) -> None:
+        if self.strategy == "ddp_spawn":
+            raise ValueError("trainer.strategy=ddp_spawn shares metric states between CPU ranks; use trainer.strategy=ddp")
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment loggers (the ``logger`` group): ``none``, ``csv`` or ``wandb`` (CSV is kept beside W&B)."""
+
+    name: str = "csv"
+    project: str = "llmrec-lightning"
+    entity: str = ""
+    mode: str = ""  # (str) W&B mode: online | offline | disabled; "" = online if logged in, else offline
+
+    def __post_init__(self) -> None:
+        if self.name not in ("none", "csv", "wandb"):
+            raise ValueError(f"logger.name must be one of ['csv', 'none', 'wandb'], got {self.name!r}")
+        if self.mode not in ("", "online", "offline", "disabled"):
+            raise ValueError(f"logger.mode must be one of '', online, offline, disabled; got {self.mode!r}")
+
+
+@dataclass
+class PathsConfig:
+    runs: str = "runs"  # (str) root of run directories runs/<dataset>/<stage>/<backbone>/
+    run_dir: str = ""  # (str) explicit run directory; "" = derived from the names above
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs. ``backbone`` and ``stage`` hold the chosen option's dataclass."""
+
+    seed: int = 42  # (int) seed of initialisation, shuffling and training negatives
+    resume: bool = True  # (bool) continue from the run directory's last checkpoint when the config matches
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: Any = None
+    stage: Any = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        if self.paths.run_dir:
+            return Path(self.paths.run_dir)
+        return Path(self.paths.runs) / self.data.name / self.stage.name / self.backbone.name
+
+
+def options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
+    """The YAML options of a config group, e.g. ``options("data") -> ["beauty", "synthetic", ...]``."""
+    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+
+
+def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Split ``group=option`` choices from ``a.b=value`` overrides."""
+    choices, overrides = dict(DEFAULT_CHOICES), []
+    for arg in argv:
+        if "=" not in arg:
+            raise ValueError(f"argument {arg!r} is not of the form key=value (e.g. data=beauty, backbone.hidden_dim=64)")
+        key, value = arg.split("=", 1)
+        if key in GROUPS:
+            choices[key] = value
+        else:
+            overrides.append(arg)
+    return choices, overrides
+
+
+def _override_value(overrides: list[str], key: str) -> str | None:
+    for arg in overrides:
+        if arg.split("=", 1)[0] == key:
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _group_yaml(group: str, choice: str, conf_dir: Path, overrides: list[str]) -> tuple[Path, dict[str, Any]]:
+    path = conf_dir / group / f"{choice}.yaml"
+    extra: dict[str, Any] = {}
+    if not path.is_file() and group == "data":
+        # Bring-your-own data: an unknown dataset name with a prepared folder uses the prepared recipe.
+        data_dir = _override_value(overrides, "data.data_dir")
+        if data_dir and (Path(data_dir) / "interactions.csv").is_file():
+            path, extra = conf_dir / "data" / "prepared.yaml", {"name": choice}
+    if not path.is_file():
+        hint = ""
+        if group == "data":
+            hint = "; for your own data pass a folder with interactions.csv and items.csv as data.data_dir=<folder> (DATA_DIR=<folder>)"
+        raise ValueError(f"unknown {group} {choice!r}; expected one of {options(group, conf_dir)}{hint}")
+    return path, extra
+
+
+def _friendly(err: OmegaConfBaseException, node: DictConfig, where: str, prefix: str = "") -> ValueError:
+    """Turn an OmegaConf error into a ValueError naming the full key, the file and the valid keys."""
+    key = getattr(err, "full_key", None) or ""
+    if isinstance(err, ConfigKeyError) and key:
+        parent, _, leaf = key.rpartition(".")
+        try:
+            sub = OmegaConf.select(node, parent) if parent else node
+            valid = sorted(sub.keys()) if isinstance(sub, DictConfig) else []
+        except OmegaConfBaseException:
+            valid = []
+        shown_parent = ".".join(p for p in (prefix, parent) if p)
+        dotted = f"{shown_parent}." if shown_parent else ""
+        close = difflib.get_close_matches(leaf, valid, n=1)
+        suggestion = f"; did you mean {dotted}{close[0]}?" if close else ""
+        return ValueError(
+            f"unknown config key {dotted + leaf!r} in {where}{suggestion} Valid keys under {shown_parent or 'the root'}: {valid}"
+        )
+    key = ".".join(p for p in (prefix, key) if p)
+    msg = str(err).splitlines()[0]
+    return ValueError(f"invalid config value{' for ' + repr(key) if key else ''} in {where}: {msg}")
+
+
+def compose(argv: list[str] | None = None, conf_dir: Path = CONF_DIR) -> RunConfig:
+    """Build the typed :class:`RunConfig` from group choices and ``key=value`` overrides."""
+    choices, overrides = parse_args(list(argv or []))
+    cfg = OmegaConf.structured(RunConfig)
+    with_schema = {
+        "backbone": lambda name: backbone_config(name),
+        "stage": lambda name: _stage_config(name),
+    }
+    for group in GROUPS:
+        path, extra = _group_yaml(group, choices[group], conf_dir, overrides)
+        node = OmegaConf.structured(with_schema[group](choices[group])) if group in with_schema else cfg[group]
+        try:
+            node = OmegaConf.merge(node, OmegaConf.load(path), extra)
+        except OmegaConfBaseException as err:
+            raise _friendly(err, node, str(path), prefix=group) from None
+        cfg[group] = node
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as err:
+        raise _friendly(err, cfg, "the command-line overrides") from None
+    try:
+        run_cfg = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise _friendly(err, cfg, "the composed config") from None
+    return run_cfg  # type: ignore[return-value]
+
+
+def _stage_config(name: str) -> type:
+    if name not in STAGE_CONFIGS:
+        raise ValueError(f"unknown stage {name!r}; expected one of {sorted(STAGE_CONFIGS)}")
+    return STAGE_CONFIGS[name]
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
