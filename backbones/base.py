@@ -37,6 +37,21 @@ class BackboneConfig:
             raise ValueError(f"backbone.num_negatives must be >= 1, got {self.num_negatives}")
 
 
+@dataclass
+class SequentialConfig(BackboneConfig):
+    """Fields shared by the sequential backbones (SASRec, GRU4Rec, NextItNet)."""
+
+    dropout: float = 0.2
+    max_len: int = 50
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"backbone.dropout must be in [0, 1), got {self.dropout}")
+        if self.max_len < 1:
+            raise ValueError(f"backbone.max_len must be >= 1, got {self.max_len}")
+
+
 @runtime_checkable
 class RecBackbone(Protocol):
     """What the stages need from a CF model.
@@ -102,6 +117,41 @@ class Backbone(nn.Module):
     def train_scores(self, batch: SeqBatch, item_ids: Tensor) -> Tensor:
         """Scores used by the training loss for ``item_ids`` ``[B, K]`` of a user batch."""
         return self.score(batch, item_ids)
+
+
+class SequentialBackbone(Backbone):
+    """Base of models that read the item sequence: the user is the state at the most recent item.
+
+    Holds the item table ``item_emb`` (input and output embedding) and the embedding dropout;
+    subclasses implement ``sequence_output(item_seq [B, L]) -> [B, L, D]`` (position t sees items
+    <= t only) and call ``clip`` to validate and truncate their input.
+
+    - ``encode_user(batch) -> [B, D]``: the state at the most recent item (last column)
+    - ``item_embeddings(ids) -> [..., D]``
+    """
+
+    input_kind = "sequence"
+
+    def __init__(self, cfg: SequentialConfig, num_items: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_items = num_items
+        self.hidden_dim = cfg.hidden_dim
+        self.item_emb = nn.Embedding(num_items + 1, cfg.hidden_dim, padding_idx=PAD_ID)
+        self.emb_drop = nn.Dropout(cfg.dropout)
+
+    def clip(self, item_seq: Tensor) -> Tensor:
+        """Check ``item_seq [B, L]`` and keep its last ``max_len`` columns."""
+        check_item_seq(item_seq)
+        return item_seq[:, -self.cfg.max_len :] if item_seq.shape[1] > self.cfg.max_len else item_seq
+
+    def encode_user(self, batch: SeqBatch) -> Tensor:
+        if batch.item_seq is None:
+            raise ValueError(f"{type(self).__name__} needs batch.item_seq [B, L]")
+        return self.sequence_output(batch.item_seq)[:, -1]
+
+    def item_embeddings(self, item_ids: Tensor | None = None) -> Tensor:
+        return self.item_emb.weight if item_ids is None else self.item_emb(item_ids)
 
 
 def check_item_seq(item_seq: Tensor) -> None:

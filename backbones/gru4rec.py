@@ -14,13 +14,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from backbones.base import Backbone, BackboneConfig, check_item_seq, pad_mask
-from datamodules.batch import SeqBatch
+from backbones.base import SequentialBackbone, SequentialConfig, pad_mask
 from datamodules.constants import PAD_ID
 
 
 @dataclass
-class GRU4RecConfig(BackboneConfig):
+class GRU4RecConfig(SequentialConfig):
     name: str = "gru4rec"
     hidden_dim: int = 64  # (int) item embedding size = GRU hidden size
     num_layers: int = 1  # (int) stacked GRU layers
@@ -31,29 +30,16 @@ class GRU4RecConfig(BackboneConfig):
         super().__post_init__()
         if self.num_layers < 1:
             raise ValueError(f"backbone.num_layers must be >= 1, got {self.num_layers}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"backbone.dropout must be in [0, 1), got {self.dropout}")
-        if self.max_len < 1:
-            raise ValueError(f"backbone.max_len must be >= 1, got {self.max_len}")
 
 
-class GRU4Rec(Backbone):
+class GRU4Rec(SequentialBackbone):
     """GRU over left-padded item sequences.
 
-    - ``sequence_output(item_seq [B, L]) -> [B, L, D]`` (position t sees items <= t only; zero at padding)
-    - ``encode_user(batch) -> [B, D]``: the state at the most recent item (last column)
-    - ``item_embeddings(ids) -> [..., D]``
+    ``sequence_output(item_seq [B, L]) -> [B, L, D]`` is zero at padding positions.
     """
 
-    input_kind = "sequence"
-
     def __init__(self, cfg: GRU4RecConfig, num_items: int, num_users: int | None = None) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.num_items = num_items
-        self.hidden_dim = cfg.hidden_dim
-        self.item_emb = nn.Embedding(num_items + 1, cfg.hidden_dim, padding_idx=PAD_ID)
-        self.emb_drop = nn.Dropout(cfg.dropout)
+        super().__init__(cfg, num_items)
         # bias=False as in RecBole; packing below already keeps padding out of the recurrence.
         self.gru = nn.GRU(cfg.hidden_dim, cfg.hidden_dim, num_layers=cfg.num_layers, bias=False, batch_first=True)
         self.dense = nn.Linear(cfg.hidden_dim, cfg.hidden_dim)
@@ -69,9 +55,7 @@ class GRU4Rec(Backbone):
                 nn.init.xavier_uniform_(param)
 
     def sequence_output(self, item_seq: Tensor) -> Tensor:
-        check_item_seq(item_seq)
-        if item_seq.shape[1] > self.cfg.max_len:
-            item_seq = item_seq[:, -self.cfg.max_len :]
+        item_seq = self.clip(item_seq)
         valid = pad_mask(item_seq)
         length = item_seq.shape[1]
         lengths = valid.sum(dim=1)
@@ -89,11 +73,3 @@ class GRU4Rec(Backbone):
         to_left = (cols[None, :] + lengths[:, None]) % length
         out = torch.gather(out, 1, to_left[:, :, None].expand(-1, -1, out.shape[-1]))
         return self.dense(out) * valid.unsqueeze(-1)
-
-    def encode_user(self, batch: SeqBatch) -> Tensor:
-        if batch.item_seq is None:
-            raise ValueError("GRU4Rec needs batch.item_seq [B, L]")
-        return self.sequence_output(batch.item_seq)[:, -1]
-
-    def item_embeddings(self, item_ids: Tensor | None = None) -> Tensor:
-        return self.item_emb.weight if item_ids is None else self.item_emb(item_ids)

@@ -15,13 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones.base import Backbone, BackboneConfig, check_item_seq, pad_mask
-from datamodules.batch import SeqBatch
+from backbones.base import SequentialBackbone, SequentialConfig, pad_mask
 from datamodules.constants import PAD_ID
 
 
 @dataclass
-class NextItNetConfig(BackboneConfig):
+class NextItNetConfig(SequentialConfig):
     name: str = "nextitnet"
     hidden_dim: int = 64  # (int) item embedding size = residual channels
     dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 1, 2, 4])  # (list) one residual block each
@@ -35,10 +34,6 @@ class NextItNetConfig(BackboneConfig):
             raise ValueError(f"backbone.dilations must be a non-empty list of ints >= 1, got {self.dilations}")
         if self.kernel_size < 1:
             raise ValueError(f"backbone.kernel_size must be >= 1, got {self.kernel_size}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"backbone.dropout must be in [0, 1), got {self.dropout}")
-        if self.max_len < 1:
-            raise ValueError(f"backbone.max_len must be >= 1, got {self.max_len}")
 
 
 class _CausalConv(nn.Module):
@@ -72,23 +67,14 @@ class _ResidualBlock(nn.Module):
         return x + h
 
 
-class NextItNet(Backbone):
+class NextItNet(SequentialBackbone):
     """NextItNet over left-padded item sequences.
 
-    - ``sequence_output(item_seq [B, L]) -> [B, L, D]`` (position t sees items <= t only; zero at padding)
-    - ``encode_user(batch) -> [B, D]``: the state at the most recent item (last column)
-    - ``item_embeddings(ids) -> [..., D]``
+    ``sequence_output(item_seq [B, L]) -> [B, L, D]`` is zero at padding positions.
     """
 
-    input_kind = "sequence"
-
     def __init__(self, cfg: NextItNetConfig, num_items: int, num_users: int | None = None) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.num_items = num_items
-        self.hidden_dim = cfg.hidden_dim
-        self.item_emb = nn.Embedding(num_items + 1, cfg.hidden_dim, padding_idx=PAD_ID)
-        self.emb_drop = nn.Dropout(cfg.dropout)
+        super().__init__(cfg, num_items)
         self.blocks = nn.ModuleList(_ResidualBlock(cfg.hidden_dim, cfg.kernel_size, d) for d in cfg.dilations)
         self.final = nn.Linear(cfg.hidden_dim, cfg.hidden_dim)
         self._init_weights()
@@ -103,19 +89,9 @@ class NextItNet(Backbone):
         nn.init.constant_(self.final.bias, 0.1)
 
     def sequence_output(self, item_seq: Tensor) -> Tensor:
-        check_item_seq(item_seq)
-        if item_seq.shape[1] > self.cfg.max_len:
-            item_seq = item_seq[:, -self.cfg.max_len :]
+        item_seq = self.clip(item_seq)
         valid = pad_mask(item_seq).unsqueeze(-1)
         x = self.emb_drop(self.item_emb(item_seq)) * valid
         for block in self.blocks:
             x = block(x, valid)
         return self.final(x) * valid
-
-    def encode_user(self, batch: SeqBatch) -> Tensor:
-        if batch.item_seq is None:
-            raise ValueError("NextItNet needs batch.item_seq [B, L]")
-        return self.sequence_output(batch.item_seq)[:, -1]
-
-    def item_embeddings(self, item_ids: Tensor | None = None) -> Tensor:
-        return self.item_emb.weight if item_ids is None else self.item_emb(item_ids)

@@ -15,13 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones.base import Backbone, BackboneConfig, check_item_seq, pad_mask, right_aligned_positions
-from datamodules.batch import SeqBatch
-from datamodules.constants import PAD_ID
+from backbones.base import SequentialBackbone, SequentialConfig, pad_mask, right_aligned_positions
 
 
 @dataclass
-class SASRecConfig(BackboneConfig):
+class SASRecConfig(SequentialConfig):
     name: str = "sasrec"
     hidden_dim: int = 64
     num_layers: int = 2
@@ -35,10 +33,6 @@ class SASRecConfig(BackboneConfig):
             raise ValueError(
                 f"backbone.hidden_dim ({self.hidden_dim}) must be divisible by backbone.num_heads ({self.num_heads})"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"backbone.dropout must be in [0, 1), got {self.dropout}")
-        if self.max_len < 1:
-            raise ValueError(f"backbone.max_len must be >= 1, got {self.max_len}")
 
 
 class _Block(nn.Module):
@@ -65,24 +59,15 @@ class _Block(nn.Module):
         return x + self.drop(self.ffn(self.ln_ffn(x)))
 
 
-class SASRec(Backbone):
+class SASRec(SequentialBackbone):
     """SASRec over left-padded sequences.
 
-    - ``sequence_output(item_seq [B, L]) -> [B, L, D]`` (position t sees items <= t only)
-    - ``encode_user(batch) -> [B, D]``: the state at the most recent item
-    - ``item_embeddings(ids) -> [..., D]``
+    ``sequence_output(item_seq [B, L]) -> [B, L, D]``; the user is the state at the last column.
     """
 
-    input_kind = "sequence"
-
     def __init__(self, cfg: SASRecConfig, num_items: int, num_users: int | None = None) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.num_items = num_items
-        self.hidden_dim = cfg.hidden_dim
-        self.item_emb = nn.Embedding(num_items + 1, cfg.hidden_dim, padding_idx=PAD_ID)
+        super().__init__(cfg, num_items)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.hidden_dim)
-        self.emb_drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(_Block(cfg.hidden_dim, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_layers))
         self.ln_out = nn.LayerNorm(cfg.hidden_dim)
         self.apply(self._init_weights)
@@ -99,9 +84,7 @@ class SASRec(Backbone):
                     module.weight[module.padding_idx].zero_()
 
     def sequence_output(self, item_seq: Tensor) -> Tensor:
-        check_item_seq(item_seq)
-        if item_seq.shape[1] > self.cfg.max_len:
-            item_seq = item_seq[:, -self.cfg.max_len :]
+        item_seq = self.clip(item_seq)
         valid = pad_mask(item_seq)
         x = self.item_emb(item_seq) * math.sqrt(self.hidden_dim)
         x = x + self.pos_emb(right_aligned_positions(item_seq, self.cfg.max_len))
@@ -114,11 +97,3 @@ class SASRec(Backbone):
         for block in self.blocks:
             x = block(x, attn_mask) * valid.unsqueeze(-1)
         return self.ln_out(x)
-
-    def encode_user(self, batch: SeqBatch) -> Tensor:
-        if batch.item_seq is None:
-            raise ValueError("SASRec needs batch.item_seq [B, L]")
-        return self.sequence_output(batch.item_seq)[:, -1]
-
-    def item_embeddings(self, item_ids: Tensor | None = None) -> Tensor:
-        return self.item_emb.weight if item_ids is None else self.item_emb(item_ids)

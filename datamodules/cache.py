@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 
 from datamodules.config import DataConfig
 from datamodules.preprocess import ProcessedData, preprocess
@@ -71,13 +72,18 @@ def ensure_processed(cfg: DataConfig) -> Path:
     if is_cached(cfg):
         log.info("using processed dataset %s", folder)
         return folder
-    log.info("preprocessing %s (source %s) into %s", cfg.name, cfg.source, folder)
-    raw = resolve_raw(cfg)
-    data = preprocess(raw.interactions, raw.items, cfg.num_eval_negatives, cfg.eval_seed)
-    # meta.json is removed first and written last: it is the marker of a complete cache.
-    (folder / "meta.json").unlink(missing_ok=True)
-    atomic_write_bytes(folder / "dataset.pt", lambda fh: torch.save(data.to_dict(), fh))
-    atomic_write_json(folder / "meta.json", {**_expected_meta(cfg), "stats": data.stats})
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # One builder at a time (DDP ranks, parallel sweep agents): the others wait, then reuse its cache.
+    with FileLock(str(folder.parent / f".{cfg.name}.lock")):
+        if is_cached(cfg):
+            return folder
+        log.info("preprocessing %s (source %s) into %s", cfg.name, cfg.source, folder)
+        raw = resolve_raw(cfg)
+        data = preprocess(raw.interactions, raw.items, cfg.num_eval_negatives, cfg.eval_seed)
+        # meta.json is removed first and written last: it is the marker of a complete cache.
+        (folder / "meta.json").unlink(missing_ok=True)
+        atomic_write_bytes(folder / "dataset.pt", lambda fh: torch.save(data.to_dict(), fh))
+        atomic_write_json(folder / "meta.json", {**_expected_meta(cfg), "stats": data.stats})
     return folder
 
 

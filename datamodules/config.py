@@ -33,6 +33,7 @@ class DataConfig:
     # loaders
     batch_size: int = 256  # sequences per training batch (sequential models)
     pair_batch_size: int = 2048  # user-item pairs per training batch (NCF, LightGCN)
+    bucket_factor: int = 50  # sort chunks of batch_size * bucket_factor sequences by length (1 = random batches)
     eval_batch_size: int = 1024
     num_workers: int = 0
     # synthetic source
@@ -45,7 +46,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"data.source must be one of {list(SOURCES)}, got {self.source!r}")
-        for key in ("num_eval_negatives", "max_len", "batch_size", "pair_batch_size", "eval_batch_size", "min_count"):
+        for key in ("num_eval_negatives", "max_len", "batch_size", "pair_batch_size", "bucket_factor", "eval_batch_size", "min_count"):
             if getattr(self, key) < 1:
                 raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)}")
         if self.num_workers < 0:

@@ -177,11 +177,18 @@ class EvalData(Dataset):
 
 
 class BucketBatchSampler(Sampler):
-    """Shuffled batches of similar-length samples, a disjoint shard per rank.
+    """Shuffled batches of similar-length samples holding about the same number of positions.
 
-    Each epoch: a seeded permutation, cut to a multiple of ``num_replicas`` (so ranks get equal,
-    disjoint shards and the same number of batches), the rank's shard, chunks of
-    ``batch_size * bucket_factor`` sorted by length, batches, then the batch order shuffled.
+    Each epoch: a seeded permutation; chunks of ``batch_size * bucket_factor`` samples sorted by
+    length; each chunk cut into batches of about ``batch_size * mean length`` positions; the batch
+    order shuffled; batch ``i`` goes to rank ``i % num_replicas`` (the tail that does not divide
+    evenly is dropped, so ranks get disjoint samples and the same number of batches).
+
+    Why a position budget rather than a fixed number of sequences: the loss is a mean over a
+    batch's positions, so a batch of 256 short sequences (~800 positions) would weigh each of its
+    positions 15 times more than a batch of 256 long ones (~12,000 positions). Measured on Beauty,
+    fixed-count buckets lost about 7% full-ranking NDCG@10 against random batches; equal-position
+    buckets keep random batching's quality and the speed of padding only to the bucket's length.
     Yields ``(epoch, rank, step, indices)`` so the dataset can seed per-batch negatives.
     """
 
@@ -196,6 +203,7 @@ class BucketBatchSampler(Sampler):
     ) -> None:
         self.lengths = lengths.numpy()
         self.batch_size = batch_size
+        self.budget = batch_size * float(self.lengths.mean()) if len(self.lengths) else 1.0
         self.seed = seed
         self.num_replicas = num_replicas
         self.rank = rank
@@ -205,30 +213,29 @@ class BucketBatchSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _shard_size(self) -> int:
-        return len(self.lengths) // self.num_replicas
-
     def _batches(self) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        perm = rng.permutation(len(self.lengths))[: self._shard_size() * self.num_replicas]
-        shard = perm[self.rank :: self.num_replicas]
-        batches = []
+        perm = rng.permutation(len(self.lengths))
+        batches: list[np.ndarray] = []
         chunk = self.batch_size * self.bucket_factor
-        for begin in range(0, len(shard), chunk):
-            part = shard[begin : begin + chunk]
+        for begin in range(0, len(perm), chunk):
+            part = perm[begin : begin + chunk]
             part = part[np.argsort(self.lengths[part], kind="stable")]
-            batches.extend(part[i : i + self.batch_size] for i in range(0, len(part), self.batch_size))
+            # Batch id of each sample: how many position budgets precede it (greedy, vectorised).
+            ends = np.cumsum(self.lengths[part])
+            ids = ((ends - self.lengths[part]) // self.budget).astype(np.int64)
+            cuts = np.flatnonzero(np.diff(ids)) + 1
+            batches.extend(np.split(part, cuts))
         order = rng.permutation(len(batches))
-        return [batches[i] for i in order]
+        usable = len(batches) // self.num_replicas * self.num_replicas
+        return [batches[i] for i in order[self.rank : usable : self.num_replicas]]
 
     def __iter__(self) -> Iterator[tuple[int, int, int, list[int]]]:
         for step, batch in enumerate(self._batches()):
             yield self.epoch, self.rank, step, batch.tolist()
 
     def __len__(self) -> int:
-        shard, chunk = self._shard_size(), self.batch_size * self.bucket_factor
-        full, rest = divmod(shard, chunk)
-        return full * math.ceil(chunk / self.batch_size) + math.ceil(rest / self.batch_size)
+        return len(self._batches())
 
 
 class ShardedEvalSampler(Sampler):
@@ -238,8 +245,11 @@ class ShardedEvalSampler(Sampler):
     users twice; here every user is evaluated exactly once across ranks.
     """
 
-    def __init__(self, size: int, batch_size: int, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(self, size: int, batch_size: int, num_replicas: int = 1, rank: int = 0, lengths: Tensor | None = None) -> None:
         self.indices = np.arange(rank, size, num_replicas)
+        if lengths is not None:
+            # Similar lengths in a batch means little padding; metrics do not depend on the order.
+            self.indices = self.indices[np.argsort(lengths.numpy()[self.indices], kind="stable")]
         self.batch_size = batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -313,13 +323,16 @@ class SeqDataModule(L.LightningDataModule):
         self._loaded()
         world, rank = self._replicas()
         batch_size = self.cfg.batch_size if self.input_kind == "sequence" else self.cfg.pair_batch_size
-        sampler = BucketBatchSampler(self.train_data.lengths, batch_size, self.seed, world, rank)
+        sampler = BucketBatchSampler(
+            self.train_data.lengths, batch_size, self.seed, world, rank, bucket_factor=self.cfg.bucket_factor
+        )
         return self._loader(self.train_data, sampler)
 
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = EvalData(self._loaded(), split, self.cfg.max_len)
         world, rank = self._replicas()
-        return self._loader(dataset, ShardedEvalSampler(len(dataset), self.cfg.eval_batch_size, world, rank))
+        lengths = dataset.hist_len.clamp(max=self.cfg.max_len)
+        return self._loader(dataset, ShardedEvalSampler(len(dataset), self.cfg.eval_batch_size, world, rank, lengths))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

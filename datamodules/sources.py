@@ -242,6 +242,23 @@ def _iter_meta(
 # Amazon 2014
 
 
+def _item_texts(
+    meta_path: Path,
+    interactions: list[tuple[str, str, int]],
+    parse: Callable[[str], Any],
+    what: str,
+    description: Callable[[Any], str],
+) -> tuple[dict[str, tuple[str, str]], int]:
+    """``(items, number without a meta record)``: ``(title, description)`` of every interacted item,
+    in first-appearance order; ``("", "")`` for items the meta file does not describe."""
+    wanted = {item for _, item, _ in interactions}
+    texts: dict[str, tuple[str, str]] = {}
+    for _, record in _iter_meta(meta_path, wanted, parse, what):
+        texts[record["asin"]] = (clean_text(record.get("title")), description(record.get("description")))
+    items = {item: texts.get(item, ("", "")) for item in dict.fromkeys(item for _, item, _ in interactions)}
+    return items, len(wanted - texts.keys())
+
+
 def read_amazon2014(reviews_path: Path | str, meta_path: Path | str) -> RawData:
     """Read the 2014 5-core reviews and metadata of one category.
 
@@ -255,17 +272,13 @@ def read_amazon2014(reviews_path: Path | str, meta_path: Path | str) -> RawData:
     _require_file(reviews_path, "2014 reviews")
     _require_file(meta_path, "2014 meta")
     interactions = [_review(record, reviews_path, number) for number, record in _iter_json(reviews_path)]
-    wanted = {item for _, item, _ in interactions}
-    texts: dict[str, tuple[str, str]] = {}
-    for _, record in _iter_meta(meta_path, wanted, ast.literal_eval, "a Python literal dict"):
-        texts[record["asin"]] = (clean_text(record.get("title")), clean_text(record.get("description")))
-    items = {item: texts.get(item, ("", "")) for item in dict.fromkeys(item for _, item, _ in interactions)}
+    items, without_meta = _item_texts(meta_path, interactions, ast.literal_eval, "a Python literal dict", clean_text)
     log.info(
         "read %s: %d interactions, %d items (%d without a meta record)",
         reviews_path,
         len(interactions),
         len(items),
-        len(wanted - texts.keys()),
+        without_meta,
     )
     return RawData(interactions, items)
 
@@ -329,11 +342,7 @@ def read_amazon2018(
         for user, item, time, _ in reviews()
         if user_count.get(user, 0) >= min_count and item_count.get(item, 0) >= min_count
     ]
-    wanted = {item for _, item, _ in interactions}
-    texts: dict[str, tuple[str, str]] = {}
-    for _, record in _iter_meta(meta_path, wanted, json.loads, "JSON"):
-        texts[record["asin"]] = (clean_text(record.get("title")), _first_description(record.get("description")))
-    items = {item: texts.get(item, ("", "")) for item in dict.fromkeys(item for _, item, _ in interactions)}
+    items, _ = _item_texts(meta_path, interactions, json.loads, "JSON", _first_description)
     log.info(
         "read %s with min_count=%d rating_threshold=%g: kept %d of %d reviews, %d users, %d items",
         reviews_path,

@@ -24,7 +24,8 @@ class CFPretrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)  # (float, float) Adam betas (SASRec code)
     max_epochs: int = 200  # (int) upper bound; early stopping on val/ndcg@10 usually ends sooner
     patience: int = 10  # (int) epochs without a better val/ndcg@10 before stopping; 0 disables early stopping
-    monitor: str = "val/ndcg@10"  # (str) validation metric that picks the checkpoint to test
+    monitor: str = "val/full/ndcg@10"  # (str) validation metric that picks the checkpoint to test
+    full_ranking_val: bool = True  # (bool) also rank the whole catalogue at validation (logs val/full/*)
     ce_compute_dtype: str = "bfloat16"  # (str) matmul dtype of the chunked softmax loss: bfloat16 | float32
     ce_chunk: int = 256  # (int) rows of logits computed at once by the chunked softmax loss
 
@@ -35,6 +36,8 @@ class CFPretrainConfig:
             raise ValueError(f"stage.max_epochs must be >= 0, got {self.max_epochs}")
         if self.patience < 0:
             raise ValueError(f"stage.patience must be >= 0, got {self.patience}")
+        if self.monitor.startswith("val/full/") and not self.full_ranking_val:
+            raise ValueError(f"stage.monitor={self.monitor} needs stage.full_ranking_val=true")
         if self.ce_compute_dtype not in ("bfloat16", "float32"):
             raise ValueError(f"stage.ce_compute_dtype must be bfloat16 or float32, got {self.ce_compute_dtype!r}")
         if self.ce_chunk < 1:
@@ -49,7 +52,6 @@ class CFPretrainModule(L.LightningModule):
     scores. The metrics themselves live in ``callbacks.ranking.RankingMetricsCallback``.
     """
 
-    full_ranking_val = False
     full_ranking_test = True
 
     def __init__(self, backbone: Backbone, cfg: CFPretrainConfig, loss: str = "ce") -> None:
@@ -57,6 +59,7 @@ class CFPretrainModule(L.LightningModule):
         self.backbone = backbone
         self.cfg = cfg
         self.loss_name = loss
+        self.full_ranking_val = cfg.full_ranking_val
 
     def training_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
         loss = self._sequence_loss(batch) if self.backbone.input_kind == "sequence" else self._user_loss(batch)
@@ -89,6 +92,8 @@ class CFPretrainModule(L.LightningModule):
         return bce_loss(pos, neg) if self.loss_name == "bce" else bpr_loss(pos, neg)
 
     def validation_step(self, batch: SeqBatch, batch_idx: int) -> dict[str, Tensor]:
+        if self.full_ranking_val:
+            return self.test_step(batch, batch_idx)
         return {"scores": self.backbone.score(batch, batch.candidates)}
 
     def test_step(self, batch: SeqBatch, batch_idx: int) -> dict[str, Tensor]:
