@@ -22,6 +22,11 @@ def wandb_logged_in() -> bool:
         return False
 
 
+def resolve_wandb_mode(mode: str = "") -> str:
+    """``WANDB_MODE`` when set (tests set ``disabled``), else ``mode``, else online iff logged in."""
+    return os.environ.get("WANDB_MODE") or mode or ("online" if wandb_logged_in() else "offline")
+
+
 def build_loggers(
     name: str, save_dir: Path, run_name: str, group: str, job_type: str, project: str, entity: str = "", mode: str = "", config: dict | None = None
 ) -> list[Logger]:
@@ -36,7 +41,7 @@ def build_loggers(
     if name == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
-        resolved = os.environ.get("WANDB_MODE") or mode or ("online" if wandb_logged_in() else "offline")
+        resolved = resolve_wandb_mode(mode)
         if resolved == "offline":
             log.info("W&B is offline (no account configured); sync later with `wandb sync %s/wandb`", save_dir)
         loggers.append(

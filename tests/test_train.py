@@ -78,3 +78,20 @@ def test_chunked_softmax_loss_matches_cross_entropy() -> None:
     assert torch.allclose(loss, ref, atol=1e-6)
     for got, want in zip(grads, ref_grads):
         assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_wandb_is_offline_without_an_account_and_env_wins(tmp_path: Path, monkeypatch) -> None:
+    from callbacks.loggers import build_loggers, resolve_wandb_mode
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert resolve_wandb_mode() == "offline"
+    assert resolve_wandb_mode("online") == "online"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_wandb_mode("online") == "disabled"
+    loggers = build_loggers("wandb", tmp_path, "run", "synthetic/sasrec", "cf_pretrain", project="p")
+    assert [type(lg).__name__ for lg in loggers] == ["CSVLogger", "WandbLogger"]
+    assert build_loggers("none", tmp_path, "run", "g", "j", project="p") == []
