@@ -20,7 +20,7 @@ RUN_ARGS = data=$(DATASET) backbone=$(BACKBONE) trainer=$(TRAINER) logger=$(LOGG
 	paths.runs=$(RUNS) $(if $(DATA_DIR),data.data_dir=$(DATA_DIR)) $(ARGS)
 CF_DONE = $(RUNS)/$(DATASET)/cf_pretrain/$(BACKBONE)/metrics.json
 
-.PHONY: help install test test-full cf-pretrain train-all bench-cf smoke clean FORCE
+.PHONY: help install test test-full lint cf-pretrain train-all bench-cf report smoke clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ test:  ## fast offline tests (no slow ones)
 test-full:  ## every test, slow ones included (real data, DDP, end-to-end runs)
 	WANDB_MODE=disabled $(PY) -m pytest -q
 
+lint:  ## ruff (pyflakes rules and import order)
+	$(PY) -m ruff check .
+
 cf-pretrain:  ## train a CF backbone: make cf-pretrain DATASET=beauty BACKBONE=sasrec DATA_DIR=...
 	$(PY) -m lightning_modules.run stage=cf_pretrain $(RUN_ARGS)
 
@@ -50,6 +53,9 @@ train-all: $(CF_DONE)  ## every stage end to end; finished stages are skipped
 
 bench-cf:  ## seconds per epoch, evaluation seconds and peak memory of every backbone on DATASET
 	$(PY) -m benchmarks.bench_cf data=$(DATASET) seed=$(SEED) $(if $(DATA_DIR),data.data_dir=$(DATA_DIR)) $(ARGS)
+
+report:  ## markdown table of every metrics.json under runs/DATASET
+	$(PY) -m benchmarks.report $(RUNS)/$(DATASET)
 
 smoke:  ## every backbone for one epoch on synthetic data (CPU, about a minute)
 	for b in sasrec gru4rec nextitnet ncf lightgcn pop; do \

@@ -24,7 +24,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import OmegaConf
 
-from backbones import build_backbone
+from backbones import BACKBONES, build_backbone
 from callbacks.artifacts import write_metrics_json, write_text, write_weights
 from callbacks.loggers import build_loggers
 from callbacks.ranking import RankingMetricsCallback
@@ -112,8 +112,6 @@ def run_cf_pretrain(cfg: RunConfig) -> dict[str, Any]:
         write_text(run_dir / "config.yaml", to_yaml(cfg))
 
     negatives = 0 if cfg.backbone.loss == "ce" else cfg.backbone.num_negatives
-    from backbones import BACKBONES
-
     kind = BACKBONES[cfg.backbone.name].input_kind
     datamodule = SeqDataModule(cfg.data, input_kind=kind, num_negatives=negatives, seed=cfg.seed)
     datamodule.prepare_data()
