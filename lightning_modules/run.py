@@ -149,7 +149,7 @@ def run_cf_pretrain(cfg: RunConfig) -> dict[str, Any]:
         {
             "dataset": cfg.data.name,
             "backbone": cfg.backbone.name,
-            "loss": cfg.backbone.loss,
+            "loss": cfg.backbone.loss if backbone.trainable else "none",
             "seed": cfg.seed,
             "num_users": data.num_users,
             "num_items": data.num_items,
