@@ -32,7 +32,7 @@ class DataConfig:
     max_len: int = 50  # history length fed to sequential models
     # loaders
     batch_size: int = 256  # sequences per training batch (sequential models)
-    pair_batch_size: int = 2048  # user-item pairs per training batch (NCF, LightGCN)
+    pair_batch_size: int = 512  # user-item pairs per training batch (NCF, LightGCN)
     bucket_factor: int = 50  # sort chunks of batch_size * bucket_factor sequences by length (1 = random batches)
     eval_batch_size: int = 1024
     num_workers: int = 0
