@@ -71,6 +71,24 @@ def normalized_adjacency(interactions: Tensor, num_users: int, num_items: int) -
     return adjacency.coalesce()
 
 
+class _SymmetricSparseMM(torch.autograd.Function):
+    """``A @ x`` for a constant symmetric sparse ``A``: the gradient is ``A @ grad`` as well.
+
+    torch's own backward of ``sparse.mm`` transposes and re-coalesces ``A`` on every call, which
+    made it 2.5x slower than the forward on Beauty's graph (measured: 0.30 s against 0.12 s for
+    three layers forward and backward).
+    """
+
+    @staticmethod
+    def forward(ctx, adjacency: Tensor, x: Tensor) -> Tensor:
+        ctx.adjacency = adjacency
+        return torch.sparse.mm(adjacency, x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return None, torch.sparse.mm(ctx.adjacency, grad)
+
+
 class LightGCN(Backbone):
     """LightGCN over user ids, built from the training interactions.
 
@@ -123,7 +141,7 @@ class LightGCN(Backbone):
         x = torch.cat([self.user_emb.weight, self.item_emb.weight])
         total = x
         for _ in range(self.cfg.num_layers):
-            x = torch.sparse.mm(self.adjacency, x)
+            x = _SymmetricSparseMM.apply(self.adjacency, x)
             total = total + x
         out = total / (self.cfg.num_layers + 1)
         return out[: self.num_users + 1], out[self.num_users + 1 :]

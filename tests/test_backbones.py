@@ -212,3 +212,15 @@ def test_pop_ranks_by_count():
     assert full[0].argsort(descending=True)[:3].tolist() == [5, 2, 9]
     # The default dot product of the [B, 1] ones and the [N, 1] counts gives the same scores.
     torch.testing.assert_close(Backbone.score(model, batch, batch.candidates), model.score(batch, batch.candidates))
+
+
+def test_lightgcn_symmetric_backward_matches_autograd() -> None:
+    from backbones.lightgcn import _SymmetricSparseMM, normalized_adjacency
+
+    pairs = torch.tensor([[1, 1], [1, 3], [2, 2], [3, 3], [3, 1]])
+    adjacency = normalized_adjacency(pairs, num_users=3, num_items=3)
+    x = torch.randn(adjacency.shape[0], 4, requires_grad=True)
+    weights = torch.randn(adjacency.shape[0], 4)
+    (grad_ref,) = torch.autograd.grad((torch.sparse.mm(adjacency, x) * weights).sum(), x)
+    (grad,) = torch.autograd.grad((_SymmetricSparseMM.apply(adjacency, x) * weights).sum(), x)
+    assert torch.allclose(grad, grad_ref, atol=1e-6)
