@@ -59,7 +59,8 @@ def _one(name: str, overrides: list[str], epochs: int) -> dict:
         num_sanity_val_steps=0,
         callbacks=[RankingMetricsCallback(), timing],
     )
-    result = {"backbone": name, "loss": cfg.backbone.loss, "train_positions": dm.train_data.num_positions}
+    loss = cfg.backbone.loss if backbone.trainable else "none"
+    result = {"backbone": name, "loss": loss, "train_positions": dm.train_data.num_positions}
     if backbone.trainable:
         trainer.fit(module, datamodule=dm)
         result["seconds_per_epoch"] = timing.summary()["seconds_per_epoch"]
