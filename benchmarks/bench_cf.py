@@ -30,21 +30,15 @@ def _one(name: str, overrides: list[str], epochs: int) -> dict:
     import lightning as L
     import torch
 
-    from backbones import BACKBONES, build_backbone
     from callbacks.ranking import RankingMetricsCallback
     from callbacks.timing import TimingCallback
-    from datamodules.datamodule import SeqDataModule
-    from lightning_modules.cf_pretrain import CFPretrainModule
     from lightning_modules.config import compose
+    from lightning_modules.run import build_cf_pretrain
 
     cfg = compose([f"backbone={name}", *overrides])
     L.seed_everything(cfg.seed, verbose=False)
-    negatives = 0 if cfg.backbone.loss == "ce" else cfg.backbone.num_negatives
-    dm = SeqDataModule(cfg.data, input_kind=BACKBONES[name].input_kind, num_negatives=negatives, seed=cfg.seed)
-    dm.prepare_data()
-    dm.setup()
-    backbone = build_backbone(cfg.backbone, dm.num_items, dm.num_users, interactions=dm.data.train_interactions())
-    module = CFPretrainModule(backbone, cfg.stage, loss=cfg.backbone.loss)
+    dm, module = build_cf_pretrain(cfg)
+    backbone = module.backbone
     timing = TimingCallback()
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,

@@ -22,8 +22,8 @@ class CFPretrainConfig:
     lr: float = 1e-3  # (float) Adam learning rate
     weight_decay: float = 0.0  # (float) AdamW decay on weight matrices; embeddings, norms and biases are not decayed
     betas: tuple[float, float] = (0.9, 0.98)  # (float, float) Adam betas (SASRec code)
-    max_epochs: int = 200  # (int) upper bound; early stopping on val/ndcg@10 usually ends sooner
-    patience: int = 10  # (int) epochs without a better val/ndcg@10 before stopping; 0 disables early stopping
+    max_epochs: int = 200  # (int) upper bound; early stopping on the monitor usually ends sooner
+    patience: int = 10  # (int) epochs without a better monitor value before stopping; 0 disables early stopping
     monitor: str = "val/full/ndcg@10"  # (str) validation metric that picks the checkpoint to test
     full_ranking_val: bool = True  # (bool) also rank the whole catalogue at validation (logs val/full/*)
     ce_compute_dtype: str = "bfloat16"  # (str) matmul dtype of the chunked softmax loss: bfloat16 | float32

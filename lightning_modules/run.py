@@ -104,6 +104,23 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[L.Callback], ma
     )
 
 
+def build_cf_pretrain(cfg: RunConfig) -> tuple[SeqDataModule, CFPretrainModule]:
+    """The prepared datamodule and the stage module with a freshly initialised backbone.
+
+    The datamodule serves what the backbone consumes (sequences or user-item pairs) with as many
+    negatives as the loss needs (none for the full softmax).
+    """
+    cls = BACKBONES[cfg.backbone.name]
+    negatives = 0 if cfg.backbone.loss == "ce" else cfg.backbone.num_negatives
+    datamodule = SeqDataModule(cfg.data, input_kind=cls.input_kind, num_negatives=negatives, seed=cfg.seed)
+    datamodule.prepare_data()
+    datamodule.setup()
+    data = datamodule.data
+    interactions = data.train_interactions() if cls.needs_interactions else None
+    backbone = build_backbone(cfg.backbone, data.num_items, data.num_users, interactions=interactions)
+    return datamodule, CFPretrainModule(backbone, cfg.stage, loss=cfg.backbone.loss)
+
+
 def run_cf_pretrain(cfg: RunConfig) -> dict[str, Any]:
     """Train (unless the backbone has nothing to train), test the best checkpoint, write artifacts."""
     run_dir = cfg.run_dir
@@ -111,15 +128,8 @@ def run_cf_pretrain(cfg: RunConfig) -> dict[str, Any]:
     if _is_rank_zero():
         write_text(run_dir / "config.yaml", to_yaml(cfg))
 
-    negatives = 0 if cfg.backbone.loss == "ce" else cfg.backbone.num_negatives
-    kind = BACKBONES[cfg.backbone.name].input_kind
-    datamodule = SeqDataModule(cfg.data, input_kind=kind, num_negatives=negatives, seed=cfg.seed)
-    datamodule.prepare_data()
-    datamodule.setup()
-    data = datamodule.data
-    interactions = data.train_interactions()
-    backbone = build_backbone(cfg.backbone, data.num_items, data.num_users, interactions=interactions)
-    module = CFPretrainModule(backbone, cfg.stage, loss=cfg.backbone.loss)
+    datamodule, module = build_cf_pretrain(cfg)
+    data, backbone = datamodule.data, module.backbone
 
     timing = TimingCallback()
     callbacks: list[L.Callback] = [RankingMetricsCallback(), timing]

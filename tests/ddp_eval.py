@@ -17,11 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
-from backbones import build_backbone  # noqa: E402
 from callbacks.ranking import RankingMetricsCallback  # noqa: E402
-from datamodules.datamodule import SeqDataModule  # noqa: E402
-from lightning_modules.cf_pretrain import CFPretrainModule  # noqa: E402
 from lightning_modules.config import compose  # noqa: E402
+from lightning_modules.run import build_cf_pretrain  # noqa: E402
 
 
 def main() -> None:
@@ -38,16 +36,12 @@ def main() -> None:
         ]
     )
     torch.manual_seed(0)
-    dm = SeqDataModule(cfg.data, input_kind="sequence" if backbone_name != "lightgcn" else "user")
-    dm.prepare_data()
-    dm.setup()
-    interactions = dm.data.train_interactions()
-    backbone = build_backbone(cfg.backbone, dm.num_items, dm.num_users, interactions=interactions)
+    dm, module = build_cf_pretrain(cfg)
+    # The 1-process run saves its initial weights; the 2-process run evaluates exactly those.
     weights = Path(root) / f"weights-{backbone_name}.pt"
     if devices == 1 and not weights.exists():
-        torch.save(backbone.state_dict(), weights)
-    backbone.load_state_dict(torch.load(weights))
-    module = CFPretrainModule(backbone, cfg.stage)
+        torch.save(module.backbone.state_dict(), weights)
+    module.backbone.load_state_dict(torch.load(weights))
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,
