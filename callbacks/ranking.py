@@ -109,6 +109,25 @@ class MRR(_RankMetric):
         return w
 
 
+class Rate(Metric):
+    """Share of users for whom a 0/1 outcome holds (e.g. a generated answer names the target)."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("hits", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, outcomes: Tensor) -> None:
+        self.hits += outcomes.long().sum()
+        self.total += outcomes.numel()
+
+    def compute(self) -> Tensor:
+        return self.hits.double() / self.total.clamp(min=1)
+
+
 def sampled_metrics(ks: Sequence[int] = (1, 5, 10)) -> MetricCollection:
     metrics: dict[str, Metric] = {}
     for k in ks:
@@ -135,11 +154,17 @@ class RankingMetricsCallback(L.Callback):
     ``{"full_scores": [B, N+1]}`` (full ranking; targets and history are read from the batch).
     Full ranking is computed when the module's ``full_ranking_val`` / ``full_ranking_test``
     attribute is true (default: test only). Logged keys: ``val/hit@1``, ``val/ndcg@10``, ``test/mrr``, ``test/full/ndcg@10`` ...
+
+    Modules that compare several scorers on the same candidates declare ``val_ranking_sets`` /
+    ``test_ranking_sets`` (names) and ``val_rate_names`` / ``test_rate_names``; their steps then also return ``{"scores/<name>": [B, C]}`` (with an optional
+    row filter ``{"mask/<name>": bool [B]}``) and ``{"rate/<name>": 0/1 [B]}``, logged as
+    ``test/<name>/hit@1`` ... and ``test/<name>``.
     """
 
     def __init__(self, ks: Sequence[int] = (1, 5, 10), full_ks: Sequence[int] = (5, 10, 20)) -> None:
         self.ks, self.full_ks = tuple(ks), tuple(full_ks)
         self.metrics: dict[str, MetricCollection] = {}
+        self.rates: dict[str, Rate] = {}
 
     def _start(self, split: str, pl_module: L.LightningModule, full: bool) -> None:
         # Created on every rank at epoch start, even one without batches, so that the collective
@@ -147,6 +172,10 @@ class RankingMetricsCallback(L.Callback):
         self.metrics = {split: sampled_metrics(self.ks).to(pl_module.device)}
         if full:
             self.metrics[f"{split}/full"] = full_metrics(self.full_ks).to(pl_module.device)
+        for name in getattr(pl_module, f"{split}_ranking_sets", ()):
+            self.metrics[f"{split}/{name}"] = sampled_metrics(self.ks).to(pl_module.device)
+        rates = getattr(pl_module, f"{split}_rate_names", ())
+        self.rates = {f"{split}/{name}": Rate().to(pl_module.device) for name in rates}
 
     def _update(self, split: str, pl_module: L.LightningModule, outputs: Any, batch: SeqBatch) -> None:
         if not isinstance(outputs, dict):
@@ -156,16 +185,25 @@ class RankingMetricsCallback(L.Callback):
         if "full_scores" in outputs:
             ranks = full_ranks(outputs["full_scores"], batch.candidates[:, 0], batch.history)
             self.metrics[f"{split}/full"].update(ranks)
+        for key, value in outputs.items():
+            kind, _, name = key.partition("/")
+            if kind == "scores" and name:
+                mask = outputs.get(f"mask/{name}")
+                ranks = sampled_ranks(value)
+                self.metrics[f"{split}/{name}"].update(ranks if mask is None else ranks[mask])
+            elif kind == "rate":
+                self.rates[f"{split}/{name}"].update(value)
 
     def _log(self, split: str, pl_module: L.LightningModule) -> None:
-        for name in (split, f"{split}/full"):
-            collection = self.metrics.pop(name, None)
-            if collection is None:
-                continue
+        for name in list(self.metrics):
+            collection = self.metrics.pop(name)
             # compute() sums the states over ranks; the values are identical everywhere, so no sync_dist.
             for key, value in collection.compute().items():
                 pl_module.log(f"{name}/{key}", value.float(), prog_bar=key in ("hit@10", "ndcg@10") and split == "val")
             collection.reset()
+        for name, rate in self.rates.items():
+            pl_module.log(name, rate.compute().float())
+        self.rates = {}
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start("val", pl_module, full=getattr(pl_module, "full_ranking_val", False))

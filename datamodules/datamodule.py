@@ -25,7 +25,7 @@ from datamodules.constants import PAD_ID
 from datamodules.preprocess import ProcessedData
 from datamodules.sampling import sample_batch_negatives
 
-INPUT_KINDS = ("sequence", "user")
+INPUT_KINDS = ("sequence", "user", "last_item")
 
 
 def _gather_padded(flat: Tensor, starts: Tensor, lengths: Tensor, left: bool) -> Tensor:
@@ -137,6 +137,60 @@ class InteractionTrainData(Dataset):
         return SeqBatch(user_ids=users, pos_items=pos, neg_items=neg)
 
 
+class LastItemTrainData(Dataset):
+    """One training example per user: the last training item as target, the items before it as history.
+
+    A-LLMRec trains both alignment stages this way (paper section 4.1.3). Users need at least two
+    training items. ``users`` restricts the set (a seeded subset for quick runs).
+    """
+
+    def __init__(self, data: ProcessedData, max_len: int, num_negatives: int, seed: int, users: Tensor | None = None) -> None:
+        self.data = data
+        self.max_len = max_len
+        self.num_negatives = num_negatives
+        self.seeds = _StepSeeds(seed)
+        if users is None:
+            users = torch.arange(1, data.num_users + 1)
+        self.users = users[data.train_length(users) >= 2]
+        self.lengths = torch.ones(len(self.users), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    @property
+    def num_positions(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, request: tuple[int, int, int, list[int]]) -> SeqBatch:
+        epoch, rank, step, indices = request
+        users = self.users[torch.as_tensor(indices, dtype=torch.long)]
+        n_train = self.data.train_length(users)
+        starts = self.data.seq_offsets[users]
+        hist_len = (n_train - 1).clamp(max=self.max_len)
+        neg = None
+        if self.num_negatives:
+            neg = sample_batch_negatives(
+                _train_history(self.data, users),
+                (len(users), self.num_negatives),
+                self.data.num_items,
+                self.seeds.generator(epoch, rank, step),
+            )
+        return SeqBatch(
+            user_ids=users,
+            item_seq=_gather_padded(self.data.seq_items, starts + n_train - 1 - hist_len, hist_len, left=True),
+            pos_items=self.data.seq_items[starts + n_train - 1],
+            neg_items=neg,
+        )
+
+
+def user_subset(users: Tensor, limit: int, seed: int) -> Tensor:
+    """``limit`` users drawn with ``seed`` (ascending), or all of them when ``limit`` is 0 or too large."""
+    if not limit or limit >= len(users):
+        return users
+    perm = np.random.default_rng(seed).permutation(len(users))[:limit]
+    return users[np.sort(perm)]
+
+
 def _train_history(data: ProcessedData, users: Tensor) -> Tensor:
     """Training items of ``users``, right-padded ``[B, H]``."""
     return _gather_padded(data.seq_items, data.seq_offsets[users], data.train_length(users), left=False)
@@ -149,13 +203,13 @@ class EvalData(Dataset):
     validation it is the training items only. ``item_seq`` holds the last ``max_len`` of it.
     """
 
-    def __init__(self, data: ProcessedData, split: str, max_len: int) -> None:
+    def __init__(self, data: ProcessedData, split: str, max_len: int, max_users: int = 0, seed: int = 0) -> None:
         if split not in ("val", "test"):
             raise ValueError(f"split must be 'val' or 'test', got {split!r}")
         self.data = data
         self.split = split
         self.max_len = max_len
-        self.users = data.eval_users
+        self.users = user_subset(data.eval_users, max_users, seed)
         self.candidates = (data.valid_candidates if split == "val" else data.test_candidates)[self.users]
         # Position of the target inside the sequence: second-to-last (val) or last (test).
         self.hist_len = data.lengths[self.users] - (2 if split == "val" else 1)
@@ -268,7 +322,17 @@ class SeqDataModule(L.LightningDataModule):
     per training target are sampled each step (0 for the full-softmax loss).
     """
 
-    def __init__(self, cfg: DataConfig, input_kind: str = "sequence", num_negatives: int = 0, seed: int = 42) -> None:
+    def __init__(
+        self,
+        cfg: DataConfig,
+        input_kind: str = "sequence",
+        num_negatives: int = 0,
+        seed: int = 42,
+        batch_size: int | None = None,
+        eval_batch_size: int | None = None,
+        max_train_users: int = 0,
+        max_eval_users: int = 0,
+    ) -> None:
         super().__init__()
         if input_kind not in INPUT_KINDS:
             raise ValueError(f"input_kind must be one of {list(INPUT_KINDS)}, got {input_kind!r}")
@@ -276,6 +340,11 @@ class SeqDataModule(L.LightningDataModule):
         self.input_kind = input_kind
         self.num_negatives = num_negatives
         self.seed = seed
+        self.batch_size = batch_size or (cfg.batch_size if input_kind == "sequence" else cfg.pair_batch_size)
+        self.eval_batch_size = eval_batch_size or cfg.eval_batch_size
+        # Seeded subsets (0 = everyone): the same users whatever the run seed, so runs compare.
+        self.max_train_users = max_train_users
+        self.max_eval_users = max_eval_users
         self.data: ProcessedData | None = None
         self.train_data: SequenceTrainData | InteractionTrainData | None = None
 
@@ -287,6 +356,9 @@ class SeqDataModule(L.LightningDataModule):
             self.data = load_processed(self.cfg)
             if self.input_kind == "sequence":
                 self.train_data = SequenceTrainData(self.data, self.cfg.max_len, self.num_negatives, self.seed)
+            elif self.input_kind == "last_item":
+                users = user_subset(torch.arange(1, self.data.num_users + 1), self.max_train_users, self.cfg.eval_seed)
+                self.train_data = LastItemTrainData(self.data, self.cfg.max_len, self.num_negatives, self.seed, users)
             else:
                 self.train_data = InteractionTrainData(self.data, self.num_negatives, self.seed)
 
@@ -322,17 +394,16 @@ class SeqDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self._loaded()
         world, rank = self._replicas()
-        batch_size = self.cfg.batch_size if self.input_kind == "sequence" else self.cfg.pair_batch_size
         sampler = BucketBatchSampler(
-            self.train_data.lengths, batch_size, self.seed, world, rank, bucket_factor=self.cfg.bucket_factor
+            self.train_data.lengths, self.batch_size, self.seed, world, rank, bucket_factor=self.cfg.bucket_factor
         )
         return self._loader(self.train_data, sampler)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        dataset = EvalData(self._loaded(), split, self.cfg.max_len)
+        dataset = EvalData(self._loaded(), split, self.cfg.max_len, self.max_eval_users, self.cfg.eval_seed)
         world, rank = self._replicas()
         lengths = dataset.hist_len.clamp(max=self.cfg.max_len)
-        return self._loader(dataset, ShardedEvalSampler(len(dataset), self.cfg.eval_batch_size, world, rank, lengths))
+        return self._loader(dataset, ShardedEvalSampler(len(dataset), self.eval_batch_size, world, rank, lengths))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

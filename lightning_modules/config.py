@@ -16,14 +16,39 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from aligners.llm import LLMConfig
+from aligners.prompt import PromptConfig
+from aligners.text_encoder import TextEncoderConfig
 from backbones import backbone_config
 from datamodules.config import DataConfig
+from lightning_modules.align_stage1 import AlignStage1Config
+from lightning_modules.align_stage2 import AlignStage2Config
 from lightning_modules.cf_pretrain import CFPretrainConfig
 
 CONF_DIR = Path(os.environ.get("LLMREC_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
-GROUPS = ("data", "backbone", "stage", "trainer", "logger")
-DEFAULT_CHOICES = {"data": "synthetic", "backbone": "sasrec", "stage": "cf_pretrain", "trainer": "auto", "logger": "csv"}
-STAGE_CONFIGS: dict[str, type] = {"cf_pretrain": CFPretrainConfig}
+GROUPS = ("data", "backbone", "stage", "llm", "text_encoder", "prompt", "trainer", "logger")
+DEFAULT_CHOICES = {
+    "data": "synthetic",
+    "backbone": "sasrec",
+    "stage": "cf_pretrain",
+    "llm": "smollm2",
+    "text_encoder": "minilm",
+    "prompt": "auto",  # conf/prompt/<dataset>.yaml when there is one, else default
+    "trainer": "auto",
+    "logger": "csv",
+}
+STAGE_CONFIGS: dict[str, type] = {
+    "cf_pretrain": CFPretrainConfig,
+    "align_stage1": AlignStage1Config,
+    "align_stage2": AlignStage2Config,
+}
+# Groups besides seed/data/backbone/stage that a stage's result depends on (for resuming, run dirs).
+STAGE_GROUPS: dict[str, tuple[str, ...]] = {
+    "cf_pretrain": (),
+    "align_stage1": ("text_encoder",),
+    "align_stage2": ("llm", "prompt"),
+}
+LLM_STAGES = ("align_stage2",)
 
 
 @dataclass
@@ -82,6 +107,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     backbone: Any = None
     stage: Any = None
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -90,7 +118,12 @@ class RunConfig:
     def run_dir(self) -> Path:
         if self.paths.run_dir:
             return Path(self.paths.run_dir)
-        return Path(self.paths.runs) / self.data.name / self.stage.name / self.backbone.name
+        run_dir = Path(self.paths.runs) / self.data.name / self.stage.name / self.backbone.name
+        return run_dir / self.llm.name if self.stage.name in LLM_STAGES else run_dir
+
+    def stage_run_dir(self, stage: str) -> Path:
+        """Default run directory of an earlier ``stage`` for this dataset and backbone."""
+        return Path(self.paths.runs) / self.data.name / stage / self.backbone.name
 
 
 def options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
@@ -119,7 +152,9 @@ def _override_value(overrides: list[str], key: str) -> str | None:
     return None
 
 
-def _group_yaml(group: str, choice: str, conf_dir: Path, overrides: list[str]) -> tuple[Path, dict[str, Any]]:
+def _group_yaml(group: str, choice: str, conf_dir: Path, overrides: list[str], dataset: str = "") -> tuple[Path, dict[str, Any]]:
+    if group == "prompt" and choice == "auto":
+        choice = dataset if (conf_dir / "prompt" / f"{dataset}.yaml").is_file() else "default"
     path = conf_dir / group / f"{choice}.yaml"
     extra: dict[str, Any] = {}
     if not path.is_file() and group == "data":
@@ -166,7 +201,7 @@ def compose(argv: list[str] | None = None, conf_dir: Path = CONF_DIR) -> RunConf
         "stage": lambda name: _stage_config(name),
     }
     for group in GROUPS:
-        path, extra = _group_yaml(group, choices[group], conf_dir, overrides)
+        path, extra = _group_yaml(group, choices[group], conf_dir, overrides, dataset=choices["data"])
         node = OmegaConf.structured(with_schema[group](choices[group])) if group in with_schema else cfg[group]
         try:
             node = OmegaConf.merge(node, OmegaConf.load(path), extra)

@@ -24,14 +24,21 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import OmegaConf
 
+from aligners.collab_text import CollabTextAligner
+from aligners.llm import load_llm
+from aligners.prompt import PromptBuilder
+from aligners.text_encoder import item_text, load_text_encoder
 from backbones import BACKBONES, build_backbone
 from callbacks.artifacts import write_metrics_json, write_text, write_weights
 from callbacks.loggers import build_loggers
 from callbacks.ranking import RankingMetricsCallback
 from callbacks.timing import TimingCallback
 from datamodules.datamodule import SeqDataModule
+from lightning_modules.align_stage1 import CollabTextAlignModule
+from lightning_modules.align_stage2 import LLMProjectionModule
+from lightning_modules.artifacts import StageArtifactError, check_run_dir, load_backbone
 from lightning_modules.cf_pretrain import CFPretrainModule
-from lightning_modules.config import RunConfig, compose, to_yaml
+from lightning_modules.config import STAGE_GROUPS, RunConfig, compose, to_yaml
 
 log = logging.getLogger("llmrec")
 
@@ -46,7 +53,8 @@ IDENTITY_KEYS = ("seed", "data", "backbone", "stage")
 
 def _identity(node: Any) -> str:
     """The part of a config that must match for a checkpoint to be resumed, as YAML."""
-    return OmegaConf.to_yaml({k: node[k] for k in IDENTITY_KEYS})
+    keys = IDENTITY_KEYS + STAGE_GROUPS.get(node["stage"]["name"], ())
+    return OmegaConf.to_yaml({k: node[k] for k in keys if k in node})
 
 
 def _resume_path(cfg: RunConfig, run_dir: Path) -> Path | None:
@@ -67,7 +75,9 @@ def _resume_path(cfg: RunConfig, run_dir: Path) -> Path | None:
     return None
 
 
-def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[L.Callback], max_epochs: int) -> L.Trainer:
+def build_trainer(
+    cfg: RunConfig, run_dir: Path, callbacks: list[L.Callback], max_epochs: int, validate: bool = True
+) -> L.Trainer:
     t = cfg.trainer
     loggers = build_loggers(
         cfg.logger.name,
@@ -90,7 +100,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[L.Callback], ma
         max_epochs=max_epochs,
         max_time=t.max_time or None,
         limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches,
+        limit_val_batches=t.limit_val_batches if validate else 0,
         limit_test_batches=t.limit_test_batches,
         gradient_clip_val=t.gradient_clip_val or None,
         log_every_n_steps=t.log_every_n_steps,
@@ -121,60 +131,199 @@ def build_cf_pretrain(cfg: RunConfig) -> tuple[SeqDataModule, CFPretrainModule]:
     return datamodule, CFPretrainModule(backbone, cfg.stage, loss=cfg.backbone.loss)
 
 
-def run_cf_pretrain(cfg: RunConfig) -> dict[str, Any]:
-    """Train (unless the backbone has nothing to train), test the best checkpoint, write artifacts."""
+def _fit_and_test(
+    cfg: RunConfig,
+    module: L.LightningModule,
+    datamodule: SeqDataModule,
+    resume: Path | None,
+    monitor: str,
+    patience: int,
+    max_epochs: int,
+    trainable: bool = True,
+    validate: bool = True,
+) -> tuple[L.Trainer, dict[str, Any]]:
+    """Fit (keeping the best epoch by ``monitor`` when validating, else the last), test it, and return
+    the trainer with the flat metrics: ``test/*``, timing, ``epochs`` and ``best_<monitor>``."""
     run_dir = cfg.run_dir
-    resume = _resume_path(cfg, run_dir)
-    if _is_rank_zero():
-        write_text(run_dir / "config.yaml", to_yaml(cfg))
-
-    datamodule, module = build_cf_pretrain(cfg)
-    data, backbone = datamodule.data, module.backbone
-
     timing = TimingCallback()
     callbacks: list[L.Callback] = [RankingMetricsCallback(), timing]
     checkpoint = None
-    if backbone.trainable:
+    fit = trainable and max_epochs > 0
+    if fit:
         checkpoint = ModelCheckpoint(
-            dirpath=run_dir / "checkpoints", filename="best", monitor=cfg.stage.monitor, mode="max", save_last=True
+            dirpath=run_dir / "checkpoints",
+            filename="best",
+            monitor=monitor if validate else None,
+            mode="max",
+            save_last=True,
         )
         callbacks.append(checkpoint)
-        if cfg.stage.patience:
-            callbacks.append(EarlyStopping(monitor=cfg.stage.monitor, mode="max", patience=cfg.stage.patience))
-    trainer = build_trainer(cfg, run_dir, callbacks, max_epochs=cfg.stage.max_epochs)
-
-    if backbone.trainable and cfg.stage.max_epochs > 0:
+        if validate and patience:
+            callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=patience))
+    trainer = build_trainer(cfg, run_dir, callbacks, max_epochs=max_epochs, validate=validate)
+    if fit:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-        best = checkpoint.best_model_path if checkpoint is not None else ""
+        best = checkpoint.best_model_path if validate else ""
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
     else:
         trainer.test(module, datamodule=datamodule)
-
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     metrics.update(timing.summary())
-    metrics["epochs"] = trainer.current_epoch if backbone.trainable else 0
+    metrics["epochs"] = trainer.current_epoch if fit else 0
     if checkpoint is not None and checkpoint.best_model_score is not None:
-        metrics[f"best_{cfg.stage.monitor}"] = float(checkpoint.best_model_score)
+        metrics[f"best_{monitor}"] = float(checkpoint.best_model_score)
+    return trainer, metrics
+
+
+def _finish(cfg: RunConfig, trainer: L.Trainer, metrics: dict[str, Any], weights: dict[str, Any], data: Any) -> dict[str, Any]:
+    """Add the run's identity to ``metrics``; rank 0 writes ``weights.pt`` and ``metrics.json``."""
     metrics.update(
         {
             "dataset": cfg.data.name,
             "backbone": cfg.backbone.name,
-            "loss": cfg.backbone.loss if backbone.trainable else "none",
+            "stage": cfg.stage.name,
             "seed": cfg.seed,
             "num_users": data.num_users,
             "num_items": data.num_items,
             "num_eval_users": int(len(data.eval_users)),
-            "num_parameters": sum(p.numel() for p in backbone.parameters()),
         }
     )
     if trainer.is_global_zero:
-        write_weights(run_dir / "weights.pt", backbone.state_dict())
-        write_metrics_json(run_dir / "metrics.json", metrics)
-        log.info("wrote %s", run_dir / "metrics.json")
+        write_weights(cfg.run_dir / "weights.pt", weights)
+        write_metrics_json(cfg.run_dir / "metrics.json", metrics)
+        log.info("wrote %s", cfg.run_dir / "metrics.json")
     return metrics
 
 
-STAGES = {"cf_pretrain": run_cf_pretrain}
+def _start_run(cfg: RunConfig) -> Path | None:
+    resume = _resume_path(cfg, cfg.run_dir)
+    if _is_rank_zero():
+        write_text(cfg.run_dir / "config.yaml", to_yaml(cfg))
+    return resume
+
+
+def run_cf_pretrain(cfg: RunConfig) -> dict[str, Any]:
+    """Train (unless the backbone has nothing to train), test the best checkpoint, write artifacts."""
+    resume = _start_run(cfg)
+    datamodule, module = build_cf_pretrain(cfg)
+    backbone = module.backbone
+    trainer, metrics = _fit_and_test(
+        cfg, module, datamodule, resume, cfg.stage.monitor, cfg.stage.patience, cfg.stage.max_epochs, backbone.trainable
+    )
+    metrics["loss"] = cfg.backbone.loss if backbone.trainable else "none"
+    metrics["num_parameters"] = sum(p.numel() for p in backbone.parameters())
+    return _finish(cfg, trainer, metrics, backbone.state_dict(), datamodule.data)
+
+
+def _init_from(cfg: RunConfig, stage: str) -> Path:
+    """The earlier run this stage starts from; recorded in the saved config so later stages find it."""
+    path = Path(cfg.stage.init_from) if cfg.stage.init_from else cfg.stage_run_dir(stage)
+    cfg.stage.init_from = str(path)
+    return path
+
+
+def _stage_data(cfg: RunConfig, stage_cfg: Any, num_negatives: int, input_kind: str = "last_item") -> SeqDataModule:
+    datamodule = SeqDataModule(
+        cfg.data,
+        input_kind=input_kind,
+        num_negatives=num_negatives,
+        seed=cfg.seed,
+        batch_size=stage_cfg.batch_size,
+        eval_batch_size=getattr(stage_cfg, "eval_batch_size", None),
+        max_train_users=stage_cfg.max_train_users,
+        max_eval_users=stage_cfg.max_eval_users,
+    )
+    datamodule.prepare_data()
+    datamodule.setup()
+    return datamodule
+
+
+def _frozen_backbone(cfg: RunConfig, cf_dir: Path, data: Any) -> Any:
+    check_run_dir(cf_dir, "cf_pretrain", cfg.data.name, data.num_items, cfg.backbone.name)
+    cls = BACKBONES[OmegaConf.load(cf_dir / "config.yaml").backbone.name]
+    interactions = data.train_interactions() if cls.needs_interactions else None
+    return load_backbone(cf_dir, data.num_items, data.num_users, interactions)
+
+
+def build_align_stage1(cfg: RunConfig) -> tuple[SeqDataModule, CollabTextAlignModule]:
+    """Data (one last-item example per user, one negative) and the stage-1 module on a frozen backbone."""
+    cf_dir = _init_from(cfg, "cf_pretrain")
+    datamodule = _stage_data(cfg, cfg.stage, num_negatives=1)
+    data = datamodule.data
+    backbone = _frozen_backbone(cfg, cf_dir, data)
+    text_encoder = load_text_encoder(cfg.text_encoder)
+    s = cfg.stage
+    aligner = CollabTextAligner(
+        backbone.hidden_dim, text_encoder.dim, s.latent_dim, s.item_recon_weight, s.text_recon_weight, s.rec_score
+    )
+    texts = [item_text(t, d) for t, d in zip(data.titles, data.descriptions)]
+    module = CollabTextAlignModule(backbone, text_encoder, aligner, texts, s, cfg.text_encoder.batch_size)
+    return datamodule, module
+
+
+def run_align_stage1(cfg: RunConfig) -> dict[str, Any]:
+    """Stage 1; also writes ``text_latents.pt`` ([N+1, d'] text-path item latents) for stage 2's cold-item variant."""
+    datamodule, module = build_align_stage1(cfg)
+    resume = _start_run(cfg)
+    trainer, metrics = _fit_and_test(cfg, module, datamodule, resume, cfg.stage.monitor, cfg.stage.patience, cfg.stage.max_epochs)
+    if trainer.is_global_zero:
+        write_weights(cfg.run_dir / "text_latents.pt", {"text_latents": module.text_latents()})
+    metrics["num_trained_parameters"] = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return _finish(cfg, trainer, metrics, module.trained_state(), datamodule.data)
+
+
+def build_align_stage2(cfg: RunConfig, device: str | torch.device = "cpu") -> tuple[SeqDataModule, LLMProjectionModule]:
+    """Data (last-item examples with 19 negatives), the frozen backbone, stage-1 encoder and LLM, and the projectors."""
+    s = cfg.stage
+    stage1_dir = _init_from(cfg, "align_stage1")
+    datamodule = _stage_data(cfg, s, num_negatives=s.num_negatives)
+    data = datamodule.data
+    saved1 = check_run_dir(stage1_dir, "align_stage1", cfg.data.name, data.num_items, cfg.backbone.name)
+    backbone = _frozen_backbone(cfg, Path(saved1["stage"]["init_from"]), data)
+    s1 = saved1["stage"]
+    aligner = CollabTextAligner(backbone.hidden_dim, 1, s1["latent_dim"])
+    state = torch.load(stage1_dir / "weights.pt", map_location="cpu", weights_only=True)["aligner"]
+    aligner.item_ae.load_state_dict({k[len("item_ae.") :]: v for k, v in state.items() if k.startswith("item_ae.")})
+    text_latents = None
+    if (stage1_dir / "text_latents.pt").is_file():
+        text_latents = torch.load(stage1_dir / "text_latents.pt", map_location="cpu", weights_only=True)["text_latents"]
+    llm, tokenizer = load_llm(cfg.llm, device)
+    prompts = PromptBuilder(tokenizer, cfg.prompt, data.titles)
+    counts = torch.bincount(data.train_interactions()[:, 1], minlength=data.num_items + 1)
+    module = LLMProjectionModule(
+        backbone, aligner.item_ae.encoder, llm, prompts, s, text_latents, counts,
+        eval_seed=cfg.data.eval_seed, predictions_path=cfg.run_dir / "predictions.jsonl",
+    )
+    return datamodule, module
+
+
+def _device(cfg: RunConfig) -> torch.device:
+    """Where this process's LLM lives: its GPU under CUDA (LOCAL_RANK under DDP), else the CPU."""
+    wants_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available())
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if wants_gpu else torch.device("cpu")
+
+
+def run_align_stage2(cfg: RunConfig) -> dict[str, Any]:
+    """Stage 2: train the projectors, then evaluate A-LLMRec, its variants and baselines on the frozen candidates."""
+    datamodule, module = build_align_stage2(cfg, _device(cfg))
+    resume = _start_run(cfg)
+    s = cfg.stage
+    trainer, metrics = _fit_and_test(cfg, module, datamodule, resume, s.monitor, 0, s.max_epochs, validate=s.validate)
+    tokens = trainer.callback_metrics.get("train/tokens")
+    metrics["llm"] = cfg.llm.name
+    metrics["num_trained_parameters"] = sum(p.numel() for p in module.projector.parameters())
+    metrics["num_train_users"] = len(datamodule.train_data)
+    metrics["num_test_users"] = sum(1 for _ in open(cfg.run_dir / "predictions.jsonl")) if trainer.is_global_zero else None
+    if metrics.get("seconds_per_epoch"):
+        metrics["train_samples_per_second"] = round(len(datamodule.train_data) / metrics["seconds_per_epoch"], 3)
+        if tokens is not None:
+            metrics["train_tokens_per_second_last_epoch"] = round(float(tokens) / metrics["seconds_per_epoch"], 1)
+    if metrics.get("test_seconds") and metrics["num_test_users"]:
+        metrics["test_users_per_second"] = round(metrics["num_test_users"] / metrics["test_seconds"], 4)
+    return _finish(cfg, trainer, metrics, {"projector": module.projector.state_dict()}, datamodule.data)
+
+
+STAGES = {"cf_pretrain": run_cf_pretrain, "align_stage1": run_align_stage1, "align_stage2": run_align_stage2}
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
@@ -188,11 +337,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = compose(sys.argv[1:] if argv is None else argv)
-    except ValueError as err:
+        metrics = run(cfg)
+    except StageArtifactError as err:  # a missing earlier stage: say which command makes it
         log.error("%s", err)
         return 2
-    metrics = run(cfg)
-    summary = {k: round(v, 4) for k, v in metrics.items() if k in ("test/hit@1", "test/ndcg@10", "test/full/hit@10", "test/full/ndcg@10")}
+    except ValueError as err:
+        if "cfg" in locals():
+            raise
+        log.error("%s", err)
+        return 2
+    keys = ("test/hit@1", "test/ndcg@10", "test/full/hit@10", "test/full/ndcg@10", "test/generate/hit@1", "test/llm_only/hit@1")
+    summary = {k: round(v, 4) for k, v in metrics.items() if k in keys}
     log.info("%s %s on %s: %s", cfg.stage.name, cfg.backbone.name, cfg.data.name, summary)
     return 0
 

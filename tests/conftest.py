@@ -47,3 +47,60 @@ def tiny_datamodule(tmp_path: Path):
     dm.prepare_data()
     dm.setup()
     return dm
+
+
+def make_tiny_llm(folder: Path, arch: str = "llama") -> Path:
+    """A 2-layer random causal LM with a byte-level tokenizer, saved to ``folder``; no download.
+
+    Byte-level BPE without merges: every UTF-8 byte is a token, so any text round-trips.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", bos_token="<bos>")
+    torch.manual_seed(0)
+    vocab_size = len(tokenizer)
+    if arch == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        )
+        model = LlamaForCausalLM(config)
+    else:
+        config = OPTConfig(
+            vocab_size=vocab_size, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=4096, word_embed_proj_dim=32, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        )
+        model = OPTForCausalLM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory) -> Path:
+    return make_tiny_llm(tmp_path_factory.mktemp("tiny_llm"))
+
+
+def llm_args(tmp_path: Path, llm_dir: Path, *extra: str) -> list[str]:
+    """Arguments of the A-LLMRec stages on synthetic data with the tiny LLM and the hashing text encoder."""
+    return tiny_args(
+        tmp_path,
+        "sasrec",
+        "text_encoder=hashing",
+        f"llm.name_or_path={llm_dir}",
+        "llm.name=tiny",
+        "llm.gguf_file=''",
+        "llm.dtype=float32",
+        "data.num_eval_negatives=4",
+        "prompt.num_history=3",
+        *extra,
+    )

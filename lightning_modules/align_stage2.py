@@ -1,0 +1,297 @@
+"""Stage ``align_stage2``: A-LLMRec's projection of CF knowledge into a frozen LLM (reference section 4).
+
+Per user the prompt names the last history titles and 20 candidate titles, each followed by a
+placeholder that receives its projected joint item embedding ``F_I(e_i)``; ``F_U(x_u)`` takes the
+user placeholder at the start. The LLM is trained (through the projectors only) to answer with the
+next item's title. Evaluation runs on the frozen 1 + 19 candidates in two modes:
+
+- ``score``: the mean log-probability of each candidate's answer text, a ranking of the 20
+  (``test/hit@1``, ``test/ndcg@10``, ``test/mrr``...);
+- ``generate``: greedy decoding; a hit when the first quoted span equals the target title after
+  case/whitespace normalisation (``test/generate/hit@1``), plus the share of answers naming any
+  candidate (``test/generate/valid_answer_rate``).
+
+Baselines and variants on the same users and candidates: ``llm_only`` (the same prompt without
+injected embeddings), ``text_items`` (item vectors from the stage-1 text path ``q_i`` instead of
+``e_i``, the paper's A-LLMRec (SBERT) for cold items), ``backbone`` (the CF model's own scores),
+and cold/warm splits of the target item.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from aligners.llm_ops import IGNORE, answer_loss, embed_tokens, greedy_generate, pad, prompt_forward, score_continuations
+from aligners.llm_projector import LLMProjector, splice
+from aligners.prompt import CANDIDATE_TOKEN, HISTORY_TOKEN, USER_TOKEN, PromptBuilder, normalize, parse_answer
+from backbones.base import Backbone
+from datamodules.batch import SeqBatch
+from datamodules.constants import PAD_ID
+
+VARIANTS = ("llm_only", "text_items")
+
+
+@dataclass
+class AlignStage2Config:
+    """Optimisation and evaluation of ``align_stage2`` (the ``stage`` group)."""
+
+    name: str = "align_stage2"
+    init_from: str = ""  # (str) the align_stage1 run directory; "" = <paths.runs>/<dataset>/align_stage1/<backbone>
+    lr: float = 1e-4  # (float) Adam learning rate (paper Table 3)
+    betas: tuple[float, float] = (0.9, 0.98)  # (float, float) Adam betas (official code)
+    batch_size: int = 4  # (int) users per step (paper: 4)
+    max_epochs: int = 5  # (int) paper: 5
+    num_negatives: int = 19  # (int) training candidates besides the target, re-drawn every epoch
+    validate: bool = True  # (bool) score-mode validation each epoch picks the checkpoint (the official code has none)
+    monitor: str = "val/hit@1"  # (str) validation metric that picks the checkpoint to test
+    eval_batch_size: int = 8  # (int) users per evaluation step
+    max_train_users: int = 0  # (int) seeded subset of training users; 0 = all
+    max_eval_users: int = 0  # (int) seeded subset of test (and validation) users; 0 = all
+    variants: list[str] = field(default_factory=lambda: ["llm_only", "text_items"])  # (list) llm_only | text_items
+    generate_variants: list[str] = field(default_factory=lambda: ["main", "llm_only"])  # (list) which run generate mode
+    max_new_tokens: int = 48  # (int) generate mode: answer length cap (a title is cut to prompt.max_title_tokens)
+    repetition_penalty: float = 1.0  # (float) generate mode; 1.5 = the official code (it corrupts titles, ref. 5.4)
+    score_normalize: bool = True  # (bool) score mode: mean log-prob per token (else the sum)
+    cold_item_max_count: int = 5  # (int) target items with at most this many training interactions are cold
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or min(self.batch_size, self.eval_batch_size, self.num_negatives, self.max_new_tokens) < 1:
+            raise ValueError("stage.lr must be > 0 and stage.batch_size, eval_batch_size, num_negatives, max_new_tokens >= 1")
+        unknown = set(self.variants) - set(VARIANTS)
+        if unknown:
+            raise ValueError(f"stage.variants: unknown {sorted(unknown)}; expected some of {list(VARIANTS)}")
+        unknown = set(self.generate_variants) - {"main", *self.variants}
+        if unknown:
+            raise ValueError(f"stage.generate_variants: {sorted(unknown)} is neither 'main' nor in stage.variants")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"stage.repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+
+def _orders(users: Tensor, size: int, salt: int) -> Tensor:
+    """A seeded permutation of ``size`` candidate columns per user ``[B, size]``: the same for every model."""
+    rows = [np.random.default_rng([salt, int(u)]).permutation(size) for u in users.tolist()]
+    return torch.as_tensor(np.stack(rows), dtype=torch.long, device=users.device)
+
+
+class LLMProjectionModule(L.LightningModule):
+    """Wires the frozen backbone, stage-1 item encoder and LLM to the trainable :class:`LLMProjector`.
+
+    - ``item_latents [N+1, d']``: ``e_i`` of every item (frozen stage-1 encoder on the CF table).
+    - ``text_latents [N+1, d']``: ``q_i`` of every item (stage-1 text path), for ``text_items``.
+    - ``item_counts [N+1]``: training interactions per item (cold/warm split).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        item_encoder: nn.Module,
+        llm: nn.Module,
+        prompts: PromptBuilder,
+        cfg: AlignStage2Config,
+        text_latents: Tensor | None,
+        item_counts: Tensor,
+        eval_seed: int = 2024,
+        predictions_path: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone.requires_grad_(False).eval()
+        self.llm = llm.requires_grad_(False).eval()
+        self.prompts = prompts
+        self.cfg = cfg
+        self.eval_seed = eval_seed
+        self.predictions_path = Path(predictions_path) if predictions_path else None
+        with torch.no_grad():
+            item_encoder = item_encoder.eval()
+            latents = item_encoder(backbone.item_embeddings().detach().float())
+        self.projector = LLMProjector(backbone.hidden_dim, latents.shape[1], llm.get_input_embeddings().embedding_dim)
+        self.register_buffer("item_latents", latents, persistent=False)
+        self.register_buffer("text_latents", text_latents, persistent=False)
+        self.register_buffer("cold_items", item_counts <= cfg.cold_item_max_count, persistent=False)
+        ids = [prompts.placeholder_ids[t] for t in (USER_TOKEN, HISTORY_TOKEN, CANDIDATE_TOKEN)]
+        self.register_buffer("placeholder_ids", torch.tensor(ids), persistent=False)
+        vocab = llm.get_output_embeddings().weight.shape[0]
+        self.register_buffer("quote_counts", torch.tensor(prompts.quote_counts(vocab)), persistent=False)
+        self.pad_id = prompts.eos_id
+        self.strict_loading = False  # checkpoints hold the projectors only
+        if "text_items" in cfg.variants and text_latents is None:
+            raise ValueError("stage.variants has text_items but the align_stage1 run has no text_latents.pt")
+        self.val_ranking_sets: tuple[str, ...] = ()
+        variants = tuple(cfg.variants)
+        splits = ("cold", "warm")
+        self.test_ranking_sets = (
+            variants + ("backbone",) + splits + tuple(f"{v}/{s}" for v in variants + ("backbone",) for s in splits)
+        )
+        self.test_rate_names = tuple(
+            f"{'' if v == 'main' else v + '/'}generate/{m}" for v in cfg.generate_variants for m in ("hit@1", "valid_answer_rate")
+        )
+        self.records: list[dict[str, Any]] = []
+
+    full_ranking_val = False
+    full_ranking_test = False
+
+    def train(self, mode: bool = True) -> "LLMProjectionModule":
+        super().train(mode)
+        self.backbone.eval()
+        self.llm.eval()
+        return self
+
+    # ----- prompt assembly -------------------------------------------------------------------
+
+    @staticmethod
+    def _histories(item_seq: Tensor) -> list[list[int]]:
+        return [[i for i in row if i != PAD_ID] for row in item_seq.tolist()]
+
+    def _embed(
+        self, seqs: list[list[int]], left: bool, user: Tensor | None, history: Tensor | None, candidates: Tensor | None, table: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Token embeddings of ``seqs`` with the projected vectors spliced in -> ``(embeds [B, L, H], mask [B, L])``."""
+        ids, mask = pad(seqs, self.pad_id, left=left)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        embeds = embed_tokens(self.llm, ids, self.placeholder_ids)
+        if user is None:
+            return embeds, mask
+        user_id, hist_id, cand_id = self.placeholder_ids.tolist()
+        ones = torch.ones(len(seqs), dtype=torch.long, device=self.device)
+        embeds = splice(embeds, ids, user_id, self.projector.project_user(user).unsqueeze(1), ones)
+        hist_counts = (history != PAD_ID).sum(1)
+        hist_vecs = self.projector.project_items(table[history])
+        # Left-padded histories: move each row's real items to the front, as splice expects.
+        order = torch.argsort((history == PAD_ID).long(), dim=1, stable=True)
+        hist_vecs = hist_vecs.gather(1, order.unsqueeze(-1).expand_as(hist_vecs))
+        embeds = splice(embeds, ids, hist_id, hist_vecs, hist_counts)
+        cand_counts = torch.full_like(ones, candidates.shape[1])
+        return splice(embeds, ids, cand_id, self.projector.project_items(table[candidates]), cand_counts), mask
+
+    def _recent(self, item_seq: Tensor) -> Tensor:
+        return item_seq[:, -self.prompts.cfg.num_history :]
+
+    # ----- training ----------------------------------------------------------------------------
+
+    def training_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
+        candidates = torch.cat([batch.pos_items.unsqueeze(1), batch.neg_items], dim=1)
+        order = _orders(batch.user_ids, candidates.shape[1], salt=self.current_epoch + 1)
+        candidates = candidates.gather(1, order)
+        history = self._recent(batch.item_seq)
+        with torch.no_grad():
+            user = self.backbone.encode_user(batch).float()
+        prompts = self.prompts.prompts(self._histories(history), candidates.tolist())
+        answers = self.prompts.answers(batch.pos_items.tolist())
+        seqs = [p + a for p, a in zip(prompts, answers)]
+        embeds, mask = self._embed(seqs, False, user, history, candidates, self.item_latents)
+        labels = torch.full(mask.shape, IGNORE, dtype=torch.long, device=self.device)
+        for row, (p, a) in enumerate(zip(prompts, answers)):
+            labels[row, len(p) : len(p) + len(a)] = torch.tensor(a, device=self.device)
+        loss = answer_loss(self.llm, embeds, mask, labels)
+        tokens = int(mask.sum())
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        self.log("train/tokens", float(tokens), reduce_fx="sum", batch_size=len(batch))
+        return loss
+
+    # ----- evaluation --------------------------------------------------------------------------
+
+    def _evaluate(
+        self, batch: SeqBatch, ordered: Tensor, variant: str, user: Tensor, score: bool, generate: bool
+    ) -> tuple[Tensor | None, list[str] | None]:
+        """One prompt pass for ``variant`` (main | llm_only | text_items): candidate scores in prompt order, answers."""
+        history = self._recent(batch.item_seq)
+        with_emb = variant != "llm_only"
+        table = self.text_latents if variant == "text_items" else self.item_latents
+        prompts = self.prompts.prompts(self._histories(history), ordered.tolist(), with_embeddings=with_emb)
+        embeds, mask = self._embed(prompts, True, user if with_emb else None, history, ordered, table)
+        next_logits, cache = prompt_forward(self.llm, embeds, mask)
+        scores = answers = None
+        if score:
+            continuations = [self.prompts.answers(row) for row in ordered.tolist()]
+            scores = score_continuations(
+                self.llm, cache, mask, next_logits, continuations, self.pad_id, normalize=self.cfg.score_normalize
+            )
+        if generate:
+            new = greedy_generate(
+                self.llm, cache, mask, next_logits, self.cfg.max_new_tokens, self.prompts.eos_id,
+                self.quote_counts, self.cfg.repetition_penalty,
+            )
+            answers = self.prompts.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return scores, answers
+
+    @torch.no_grad()
+    def _eval_step(self, batch: SeqBatch, test: bool) -> dict[str, Any]:
+        candidates = batch.candidates  # [B, C], target in column 0
+        order = _orders(batch.user_ids, candidates.shape[1], salt=self.eval_seed)
+        ordered = candidates.gather(1, order)
+        user = self.backbone.encode_user(batch).float()
+        variants = ("main",) + (tuple(self.cfg.variants) if test else ())
+        out: dict[str, Any] = {}
+        titles = self.prompts.titles
+        cold = self.cold_items[candidates[:, 0]]
+        records = [{"user": int(u), "candidates": row} for u, row in zip(batch.user_ids.tolist(), ordered.tolist())]
+        for variant in variants:
+            generate = test and variant in self.cfg.generate_variants
+            scores, answers = self._evaluate(batch, ordered, variant, user, score=True, generate=generate)
+            # Back from prompt order to the batch's column order (target in column 0).
+            scores = torch.empty_like(scores).scatter_(1, order, scores)
+            name = "" if variant == "main" else variant
+            out["scores" if variant == "main" else f"scores/{variant}"] = scores
+            if test:
+                out[f"scores/{name + '/' if name else ''}cold"] = scores
+                out[f"mask/{name + '/' if name else ''}cold"] = cold
+                out[f"scores/{name + '/' if name else ''}warm"] = scores
+                out[f"mask/{name + '/' if name else ''}warm"] = ~cold
+            prefix = f"{name}/" if name else ""
+            for rec, row in zip(records, scores.tolist()):
+                rec[f"{prefix}scores"] = [round(s, 4) for s in row]
+            if answers is not None:
+                parsed = [parse_answer(a) for a in answers]
+                target = [normalize(titles[i]) for i in candidates[:, 0].tolist()]
+                named = [p in {normalize(titles[i]) for i in row} for p, row in zip(parsed, candidates.tolist())]
+                hits = torch.tensor([p == t for p, t in zip(parsed, target)], device=self.device)
+                out[f"rate/{prefix}generate/hit@1"] = hits
+                out[f"rate/{prefix}generate/valid_answer_rate"] = torch.tensor(named, device=self.device)
+                for rec, answer, hit in zip(records, answers, hits.tolist()):
+                    rec[f"{prefix}answer"], rec[f"{prefix}hit"] = answer, hit
+        if test:
+            backbone = self.backbone.score(batch, candidates).float()
+            out["scores/backbone"] = backbone
+            out["scores/backbone/cold"], out["mask/backbone/cold"] = backbone, cold
+            out["scores/backbone/warm"], out["mask/backbone/warm"] = backbone, ~cold
+            self.records.extend(records)
+        return out
+
+    def validation_step(self, batch: SeqBatch, batch_idx: int) -> dict[str, Any]:
+        return self._eval_step(batch, test=False)
+
+    def test_step(self, batch: SeqBatch, batch_idx: int) -> dict[str, Any]:
+        return self._eval_step(batch, test=True)
+
+    def on_test_epoch_start(self) -> None:
+        self.records = []
+
+    def on_test_epoch_end(self) -> None:
+        """Every test user's prompt order, scores and answers as JSON lines (rank 0 gathers all ranks)."""
+        records = self.records
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, records)
+            records = [r for part in gathered for r in part]
+        if self.predictions_path is not None and self.trainer.is_global_zero:
+            from datamodules.cache import atomic_write_bytes
+
+            unique = {r["user"]: r for r in records}  # sharding never duplicates; this guards it
+            lines = "".join(json.dumps(unique[u]) + "\n" for u in sorted(unique))
+            atomic_write_bytes(self.predictions_path, lambda fh: fh.write(lines.encode()))
+        self.records = []
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if not k.startswith("projector.")]:
+            del state[key]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.projector.parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.betas))
