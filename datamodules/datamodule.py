@@ -104,40 +104,51 @@ class SequenceTrainData(Dataset):
         return SeqBatch(user_ids=users, item_seq=item_seq, pos_items=pos, neg_items=neg)
 
 
-class InteractionTrainData(Dataset):
-    """Training ``(user, item)`` pairs for non-sequential models (NCF, LightGCN); one epoch = every pair once."""
+class _OneSamplePerRow(Dataset):
+    """Training data with one sample per row of ``rows`` (so every "length" is 1) and seeded negatives per batch."""
 
-    def __init__(self, data: ProcessedData, num_negatives: int, seed: int) -> None:
+    def __init__(self, data: ProcessedData, rows: Tensor, num_negatives: int, seed: int) -> None:
         self.data = data
-        self.pairs = data.train_interactions()
-        self.pairs = self.pairs[self.pairs[:, 0] != PAD_ID]
+        self.rows = rows
         self.num_negatives = num_negatives
         self.seeds = _StepSeeds(seed)
-        self.lengths = torch.ones(len(self.pairs), dtype=torch.long)
+        self.lengths = torch.ones(len(rows), dtype=torch.long)
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.rows)
 
     @property
     def num_positions(self) -> int:
-        return len(self.pairs)
+        return len(self.rows)
+
+    def _negatives(self, users: Tensor, epoch: int, rank: int, step: int) -> Tensor | None:
+        """``[B, num_negatives]`` uniform items outside each user's training items, or None."""
+        if not self.num_negatives:
+            return None
+        return sample_batch_negatives(
+            _train_history(self.data, users),
+            (len(users), self.num_negatives),
+            self.data.num_items,
+            self.seeds.generator(epoch, rank, step),
+        )
+
+
+class InteractionTrainData(_OneSamplePerRow):
+    """Training ``(user, item)`` pairs for non-sequential models (NCF, LightGCN); one epoch = every pair once."""
+
+    def __init__(self, data: ProcessedData, num_negatives: int, seed: int) -> None:
+        pairs = data.train_interactions()
+        super().__init__(data, pairs[pairs[:, 0] != PAD_ID], num_negatives, seed)
+        self.pairs = self.rows
 
     def __getitem__(self, request: tuple[int, int, int, list[int]]) -> SeqBatch:
         epoch, rank, step, indices = request
         pairs = self.pairs[torch.as_tensor(indices, dtype=torch.long)]
         users, pos = pairs[:, 0], pairs[:, 1]
-        neg = None
-        if self.num_negatives:
-            neg = sample_batch_negatives(
-                _train_history(self.data, users),
-                (len(users), self.num_negatives),
-                self.data.num_items,
-                self.seeds.generator(epoch, rank, step),
-            )
-        return SeqBatch(user_ids=users, pos_items=pos, neg_items=neg)
+        return SeqBatch(user_ids=users, pos_items=pos, neg_items=self._negatives(users, epoch, rank, step))
 
 
-class LastItemTrainData(Dataset):
+class LastItemTrainData(_OneSamplePerRow):
     """One training example per user: the last training item as target, the items before it as history.
 
     A-LLMRec trains both alignment stages this way (paper section 4.1.3). Users need at least two
@@ -145,21 +156,11 @@ class LastItemTrainData(Dataset):
     """
 
     def __init__(self, data: ProcessedData, max_len: int, num_negatives: int, seed: int, users: Tensor | None = None) -> None:
-        self.data = data
-        self.max_len = max_len
-        self.num_negatives = num_negatives
-        self.seeds = _StepSeeds(seed)
         if users is None:
             users = torch.arange(1, data.num_users + 1)
-        self.users = users[data.train_length(users) >= 2]
-        self.lengths = torch.ones(len(self.users), dtype=torch.long)
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-    @property
-    def num_positions(self) -> int:
-        return len(self.users)
+        super().__init__(data, users[data.train_length(users) >= 2], num_negatives, seed)
+        self.users = self.rows
+        self.max_len = max_len
 
     def __getitem__(self, request: tuple[int, int, int, list[int]]) -> SeqBatch:
         epoch, rank, step, indices = request
@@ -167,19 +168,11 @@ class LastItemTrainData(Dataset):
         n_train = self.data.train_length(users)
         starts = self.data.seq_offsets[users]
         hist_len = (n_train - 1).clamp(max=self.max_len)
-        neg = None
-        if self.num_negatives:
-            neg = sample_batch_negatives(
-                _train_history(self.data, users),
-                (len(users), self.num_negatives),
-                self.data.num_items,
-                self.seeds.generator(epoch, rank, step),
-            )
         return SeqBatch(
             user_ids=users,
             item_seq=_gather_padded(self.data.seq_items, starts + n_train - 1 - hist_len, hist_len, left=True),
             pos_items=self.data.seq_items[starts + n_train - 1],
-            neg_items=neg,
+            neg_items=self._negatives(users, epoch, rank, step),
         )
 
 

@@ -72,6 +72,8 @@ class CollabTextAlignModule(L.LightningModule):
         super().__init__()
         self.backbone = backbone.requires_grad_(False).eval()
         self.text_encoder = text_encoder.requires_grad_(cfg.train_text_encoder)
+        if not cfg.train_text_encoder:
+            self.text_encoder.eval()
         self.aligner = aligner
         self.item_texts = item_texts
         self.cfg = cfg

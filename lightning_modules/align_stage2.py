@@ -190,9 +190,9 @@ class LLMProjectionModule(L.LightningModule):
         for row, (p, a) in enumerate(zip(prompts, answers)):
             labels[row, len(p) : len(p) + len(a)] = torch.tensor(a, device=self.device)
         loss = answer_loss(self.llm, embeds, mask, labels)
-        tokens = int(mask.sum())
+        self.last_tokens = int(mask.sum())  # prompt + answer tokens of this step (benchmarks read it)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
-        self.log("train/tokens", float(tokens), reduce_fx="sum", batch_size=len(batch))
+        self.log("train/tokens", float(self.last_tokens), on_step=False, on_epoch=True, reduce_fx="sum", batch_size=len(batch))
         return loss
 
     # ----- evaluation --------------------------------------------------------------------------

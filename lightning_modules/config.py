@@ -37,6 +37,8 @@ DEFAULT_CHOICES = {
     "trainer": "auto",
     "logger": "csv",
 }
+# A profile (conf/profile/<name>.yaml) holds per-stage overrides, merged before the command line's.
+DEFAULT_PROFILE = "full"
 STAGE_CONFIGS: dict[str, type] = {
     "cf_pretrain": CFPretrainConfig,
     "align_stage1": AlignStage1Config,
@@ -133,12 +135,12 @@ def options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
 
 def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     """Split ``group=option`` choices from ``a.b=value`` overrides."""
-    choices, overrides = dict(DEFAULT_CHOICES), []
+    choices, overrides = dict(DEFAULT_CHOICES, profile=DEFAULT_PROFILE), []
     for arg in argv:
         if "=" not in arg:
             raise ValueError(f"argument {arg!r} is not of the form key=value (e.g. data=beauty, backbone.hidden_dim=64)")
         key, value = arg.split("=", 1)
-        if key in GROUPS:
+        if key in GROUPS or key == "profile":
             choices[key] = value
         else:
             overrides.append(arg)
@@ -208,6 +210,7 @@ def compose(argv: list[str] | None = None, conf_dir: Path = CONF_DIR) -> RunConf
         except OmegaConfBaseException as err:
             raise _friendly(err, node, str(path), prefix=group) from None
         cfg[group] = node
+    cfg = _apply_profile(cfg, choices["profile"], choices["stage"], conf_dir)
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as err:
@@ -217,6 +220,20 @@ def compose(argv: list[str] | None = None, conf_dir: Path = CONF_DIR) -> RunConf
     except OmegaConfBaseException as err:
         raise _friendly(err, cfg, "the composed config") from None
     return run_cfg  # type: ignore[return-value]
+
+
+def _apply_profile(cfg: DictConfig, profile: str, stage: str, conf_dir: Path) -> DictConfig:
+    """Merge the ``<stage>:`` section of ``conf/profile/<profile>.yaml`` (if any) into ``cfg``."""
+    path = conf_dir / "profile" / f"{profile}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown profile {profile!r}; expected one of {options('profile', conf_dir)}")
+    section = (OmegaConf.load(path) or {}).get(stage)
+    if not section:
+        return cfg
+    try:
+        return OmegaConf.merge(cfg, section)
+    except OmegaConfBaseException as err:
+        raise _friendly(err, cfg, f"{path} (section {stage})") from None
 
 
 def _stage_config(name: str) -> type:

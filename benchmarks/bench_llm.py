@@ -1,0 +1,114 @@
+"""Stage-2 (A-LLMRec) benchmark: training samples/s and tokens/s, evaluation users/s per mode, peak memory.
+
+    python -m benchmarks.bench_llm data=beauty backbone=sasrec llm=smollm2 data.data_dir=../shared/data/amazon/Beauty/prepared
+    make bench-llm DATASET=beauty DATA_DIR=../shared/data/amazon/Beauty/prepared [LLM=smollm2]
+
+Needs the align_stage1 run of the dataset and backbone (``make bench-llm`` makes it first). Times
+``--steps`` optimiser steps of real training batches (after one warm-up step), then each
+evaluation mode alone (``score`` and ``generate``, for A-LLMRec and for the LLM-only prompt) over
+``--users`` test users. Options: ``--steps N`` (default 8), ``--users N`` (default 32),
+``--out FILE.json`` (default ``benchmarks/results/llm-<host>.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def _peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench(overrides: list[str], steps: int, users: int) -> dict:
+    import lightning as L
+
+    from lightning_modules.config import compose
+    from lightning_modules.run import _device, build_align_stage2
+
+    cfg = compose(["stage=align_stage2", f"stage.max_eval_users={users}", *overrides])
+    L.seed_everything(cfg.seed, verbose=False)
+    device = _device(cfg)
+    datamodule, module = build_align_stage2(cfg, device)
+    module.to(device)
+    optimizer = module.configure_optimizers()
+    module.train()
+    batches = iter(datamodule.train_dataloader())
+    samples = tokens = 0
+    seconds = 0.0
+    for step in range(steps + 1):
+        batch = next(batches).to(device)
+        start = time.perf_counter()
+        module.log = lambda *a, **k: None  # no trainer attached
+        loss = module.training_step(batch, step)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step:  # step 0 warms up
+            seconds += time.perf_counter() - start
+            samples += len(batch)
+            tokens += module.last_tokens
+    results = {
+        "llm": cfg.llm.name,
+        "dtype": cfg.llm.dtype,
+        "quantization": cfg.llm.quantization,
+        "device": str(device),
+        "train_batch_size": cfg.stage.batch_size,
+        "train_samples_per_second": round(samples / seconds, 3),
+        "train_tokens_per_second": round(tokens / seconds, 1),
+        "train_peak_mib": round(_peak_mib(device)),
+    }
+    module.eval()
+    test = list(datamodule.test_dataloader())
+    n_users = sum(len(b) for b in test)
+    with torch.no_grad():
+        for variant in ("main", "llm_only"):
+            for mode in ("score", "generate"):
+                start = time.perf_counter()
+                for batch in test:
+                    batch = batch.to(device)
+                    order = batch.candidates  # timing only: the prompt order does not matter
+                    user = module.backbone.encode_user(batch).float()
+                    module._evaluate(batch, order, variant, user, score=mode == "score", generate=mode == "generate")
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                key = f"{'' if variant == 'main' else 'llm_only_'}{mode}_users_per_second"
+                results[key] = round(n_users / (time.perf_counter() - start), 3)
+    results["eval_users"] = n_users
+    results["eval_batch_size"] = cfg.stage.eval_batch_size
+    results["peak_mib"] = round(_peak_mib(device))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--users", type=int, default=32)
+    parser.add_argument("--out", default="")
+    args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    results = bench(overrides, args.steps, args.users)
+    results["machine"] = platform.node()
+    results["cpu_threads"] = torch.get_num_threads()
+    out = Path(args.out or f"benchmarks/results/llm-{platform.node()}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    width = max(len(k) for k in results)
+    for key, value in results.items():
+        print(f"{key:<{width}}  {value}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
