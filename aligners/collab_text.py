@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from aligners.losses import matching_loss, reconstruction_loss, recommendation_loss
+from aligners.losses import matching_loss, recommendation_loss, reconstruction_loss
 
 
 class MLPAutoencoder(nn.Module):

@@ -38,7 +38,7 @@ class PromptConfig:
         " This user has bought {history} in the previous. Recommend one next item for this user to buy next "
         "from the following item title set, {candidates}. The recommendation is"
     )  # (str) needs {history} and {candidates}
-    item: str = '"{title}"'  # (str) one item in a list; its placeholder follows it
+    item: str = '"{title}"{emb}'  # (str) one item in a list; {emb} is where its embedding goes (official: after the title)
     separator: str = ","  # (str) between items of a list
     answer: str = ' "{title}"'  # (str) the target after the prompt; the tokenizer's eos token follows
     num_history: int = 10  # (int) most recent history items shown
@@ -50,8 +50,8 @@ class PromptConfig:
                 raise ValueError(f"prompt.template must contain {field_name}, got {self.template!r}")
         if USER_TOKEN not in self.user:
             raise ValueError(f"prompt.user must contain {USER_TOKEN}, got {self.user!r}")
-        if "{title}" not in self.item or "{title}" not in self.answer:
-            raise ValueError("prompt.item and prompt.answer must contain {title}")
+        if "{title}" not in self.item or "{emb}" not in self.item or "{title}" not in self.answer:
+            raise ValueError(f"prompt.item must contain {{title}} and {{emb}}, prompt.answer {{title}}; got {self.item!r}, {self.answer!r}")
         if self.num_history < 1 or self.max_title_tokens < 0:
             raise ValueError(
                 f"prompt.num_history must be >= 1 and prompt.max_title_tokens >= 0, got {self.num_history}, {self.max_title_tokens}"
@@ -101,8 +101,7 @@ class PromptBuilder:
         return [t if len(i) <= limit else self.tokenizer.decode(i[:limit]).strip() for t, i in zip(cleaned, ids)]
 
     def _items(self, items: list[int], placeholder: str | None) -> str:
-        tail = placeholder or ""
-        return self.cfg.separator.join(self.cfg.item.format(title=self.titles[i]) + tail for i in items)
+        return self.cfg.separator.join(self.cfg.item.format(title=self.titles[i], emb=placeholder or "") for i in items)
 
     def text(self, history: list[int], candidates: list[int], with_embeddings: bool = True) -> str:
         history = history[-self.cfg.num_history :]

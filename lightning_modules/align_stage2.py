@@ -29,7 +29,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from aligners.llm_ops import IGNORE, answer_loss, embed_tokens, greedy_generate, pad, prompt_forward, score_continuations
+from aligners.llm_ops import (
+    IGNORE,
+    answer_loss,
+    embed_tokens,
+    greedy_generate,
+    pad,
+    prompt_forward,
+    score_continuations,
+)
 from aligners.llm_projector import LLMProjector, splice
 from aligners.prompt import CANDIDATE_TOKEN, HISTORY_TOKEN, USER_TOKEN, PromptBuilder, normalize, parse_answer
 from backbones.base import Backbone

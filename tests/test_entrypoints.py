@@ -30,12 +30,20 @@ def test_make_variables_become_overrides() -> None:
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_train_all_is_a_file_target_that_skips_finished_stages(tmp_path: Path) -> None:
-    done = tmp_path / "beauty" / "cf_pretrain" / "sasrec" / "metrics.json"
-    cmd = ["make", "-n", "train-all", f"RUNS={tmp_path}"]
-    assert "lightning_modules.run" in subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).stdout
-    done.parent.mkdir(parents=True)
-    done.write_text("{}")
-    assert "lightning_modules.run" not in subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).stdout
+    cmd = ["make", "-n", "train-all", f"RUNS={tmp_path}", "LLM=smollm2", "PROFILE=quick"]
+
+    def planned() -> list[str]:
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        return [stage for stage in ("cf_pretrain", "align_stage1", "align_stage2") if f"stage={stage} " in out]
+
+    assert planned() == ["cf_pretrain", "align_stage1", "align_stage2"]
+    assert "profile=quick" in subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).stdout
+    for stage, rest in (("cf_pretrain/sasrec", ["align_stage1", "align_stage2"]), ("align_stage1/sasrec", ["align_stage2"]),
+                        ("align_stage2/sasrec/smollm2", [])):
+        done = tmp_path / "beauty" / stage / "metrics.json"
+        done.parent.mkdir(parents=True)
+        done.write_text("{}")
+        assert planned() == rest
 
 
 def test_report_table_lists_every_run(tmp_path: Path) -> None:
