@@ -141,6 +141,7 @@ class LLMProjectionModule(L.LightningModule):
             f"{'' if v == 'main' else v + '/'}generate/{m}" for v in cfg.generate_variants for m in ("hit@1", "valid_answer_rate")
         )
         self.records: list[dict[str, Any]] = []
+        self.epoch_tokens = 0  # this rank's training tokens in the current epoch
 
     full_ranking_val = False
     full_ranking_test = False
@@ -199,6 +200,7 @@ class LLMProjectionModule(L.LightningModule):
             labels[row, len(p) : len(p) + len(a)] = torch.tensor(a, device=self.device)
         loss = answer_loss(self.llm, embeds, mask, labels)
         self.last_tokens = int(mask.sum())  # prompt + answer tokens of this step (benchmarks read it)
+        self.epoch_tokens += self.last_tokens
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         self.log("train/tokens", float(self.last_tokens), on_step=False, on_epoch=True, reduce_fx="sum", batch_size=len(batch))
         return loss
@@ -277,6 +279,9 @@ class LLMProjectionModule(L.LightningModule):
 
     def test_step(self, batch: SeqBatch, batch_idx: int) -> dict[str, Any]:
         return self._eval_step(batch, test=True)
+
+    def on_train_epoch_start(self) -> None:
+        self.epoch_tokens = 0
 
     def on_test_epoch_start(self) -> None:
         self.records = []

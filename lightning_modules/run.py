@@ -309,15 +309,14 @@ def run_align_stage2(cfg: RunConfig) -> dict[str, Any]:
     resume = _start_run(cfg)
     s = cfg.stage
     trainer, metrics = _fit_and_test(cfg, module, datamodule, resume, s.monitor, 0, s.max_epochs, validate=s.validate)
-    tokens = trainer.callback_metrics.get("train/tokens")
     metrics["llm"] = cfg.llm.name
     metrics["num_trained_parameters"] = sum(p.numel() for p in module.projector.parameters())
     metrics["num_train_users"] = len(datamodule.train_data)
     metrics["num_test_users"] = sum(1 for _ in open(cfg.run_dir / "predictions.jsonl")) if trainer.is_global_zero else None
     if metrics.get("seconds_per_epoch"):
         metrics["train_samples_per_second"] = round(len(datamodule.train_data) / metrics["seconds_per_epoch"], 3)
-        if tokens is not None:
-            metrics["train_tokens_per_second_last_epoch"] = round(float(tokens) / metrics["seconds_per_epoch"], 1)
+        # the last epoch's tokens over the mean epoch time: exact for the usual single or equal epochs
+        metrics["train_tokens_per_second"] = round(module.epoch_tokens * trainer.world_size / metrics["seconds_per_epoch"], 1)
     if metrics.get("test_seconds") and metrics["num_test_users"]:
         metrics["test_users_per_second"] = round(metrics["num_test_users"] / metrics["test_seconds"], 4)
     return _finish(cfg, trainer, metrics, {"projector": module.projector.state_dict()}, datamodule.data)

@@ -217,7 +217,7 @@ def test_train_all_chain_on_tiny_llm(tmp_path, tiny_llm_dir):
     assert any(0.0 <= v <= 1.0 for v in subsets) and all(v != v or 0.0 <= v <= 1.0 for v in subsets)
     run_dir = tmp_path / "runs" / "synthetic" / "align_stage2" / "sasrec" / "tiny"
     saved = json.loads((run_dir / "metrics.json").read_text())
-    assert saved["num_test_users"] == 6 and saved["epochs"] == 1
+    assert saved["num_test_users"] == 6 and saved["epochs"] == 1 and saved["train_tokens_per_second"] > 0
     weights = torch.load(run_dir / "weights.pt", weights_only=True)
     assert list(weights) == ["projector"] and all(k.startswith(("user_proj", "item_proj")) for k in weights["projector"])
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
