@@ -30,6 +30,15 @@ def processed_dir(cfg: DataConfig) -> Path:
     return Path(cfg.root) / "processed" / cfg.name
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write_bytes(path: Path, write: Any) -> None:
     """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it into place.
 
@@ -40,6 +49,7 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -120,3 +120,15 @@ def test_users_with_fewer_than_three_interactions_train_only(tmp_path: Path) -> 
     assert dm.data.eval_users.tolist() == [1]
     pairs = dm.train_data.pairs.tolist()
     assert [2, 6] in pairs and [2, 7] in pairs  # the short user's both items are training data
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from datamodules.cache import atomic_write_json
+
+    atomic_write_json(tmp_path / "m.json", {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o666 & ~mask
