@@ -1,0 +1,137 @@
+"""FACE's descriptor mapper (Wang et al., NeurIPS 2025; reference ``face.md`` sections 3.2-3.6, 11).
+
+A CF embedding ``x [N, d]`` is split into ``n`` concept vectors (``n`` affine maps), refined by a
+one-layer Transformer encoder, and each concept is quantised to the nearest row of a codebook that
+is the frozen LLM input-embedding matrix restricted to common English words, mapped into the
+concept space by one trainable linear layer (the SimVQ idea: a frozen basis with a learned map,
+which avoids codebook collapse). The ``n`` tokens of one entity are distinct (greedy, slot by
+slot, as the official code). A straight-through estimator carries gradients to the encoder; a
+decoder reconstructs ``x`` from the quantised concepts.
+
+``forward(x) -> (quantized [N, n, d_w], indices [N, n], vq_loss)``; ``indices`` index the
+codebook rows, ``words(indices)`` turns them into strings.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+CODEBOOK_WEIGHT = 0.75  # the official split of the VQ loss: codebook term
+COMMITMENT_WEIGHT = 0.25  # and commitment term
+
+
+def word_vocabulary(tokenizer, size: int = 20000, language: str = "en", min_length: int = 2) -> tuple[list[int], list[str]]:
+    """Token ids and words of the tokenizer's whole-word, lower-case alphabetic tokens that are
+    among the ``size`` most frequent words of ``language`` (``wordfreq``) and at least
+    ``min_length`` letters long (wordfreq's list has single letters such as "s", "t"), sorted by
+    token id.
+
+    Word-initial tokens: a leading ``Ġ`` (byte-level BPE) or ``▁`` (SentencePiece) marker, or, for
+    WordPiece vocabularies, no ``##`` continuation prefix.
+    """
+    from wordfreq import top_n_list
+
+    common = set(top_n_list(language, size))
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    markers = [m for m in ("Ġ", "▁") if any(p and p.startswith(m) for p in pieces)]
+    ids, words = [], []
+    for token_id, piece in enumerate(pieces):
+        if not piece:
+            continue
+        if markers:
+            if not piece.startswith(markers[0]):
+                continue
+            word = piece[len(markers[0]) :]
+        else:
+            if piece.startswith("##"):
+                continue
+            word = piece
+        if len(word) >= min_length and re.fullmatch(r"[a-z]+", word) and word in common:
+            ids.append(token_id)
+            words.append(word)
+    if not ids:
+        raise ValueError(f"no token of this tokenizer is one of the {size} most common {language!r} words")
+    return ids, words
+
+
+def greedy_distinct_nearest(distances: Tensor) -> Tensor:
+    """Slot-by-slot arg-min over ``distances [N, n, K]`` with no token used twice in a row -> ``[N, n]``."""
+    n_rows, n_slots, k = distances.shape
+    if n_slots > k:
+        raise ValueError(f"cannot pick {n_slots} distinct tokens from a codebook of {k}")
+    used = torch.zeros(n_rows, k, dtype=torch.bool, device=distances.device)
+    rows = torch.arange(n_rows, device=distances.device)
+    picks = []
+    for slot in range(n_slots):
+        pick = distances[:, slot].masked_fill(used, float("inf")).argmin(-1)
+        used[rows, pick] = True
+        picks.append(pick)
+    return torch.stack(picks, dim=1)
+
+
+class VQDescriptorMapper(nn.Module):
+    """Disentangled projection + encoder + frozen-token codebook quantiser + decoder.
+
+    - ``codebook``: ``[K, d_tok]`` frozen LLM token embeddings of the word vocabulary (a buffer).
+    - ``forward(x [N, d]) -> (quantized [N, n, d_w], indices [N, n], vq_loss)``, quantized carrying
+      straight-through gradients to the encoder.
+    - ``reconstruct(quantized) -> [N, d]``; ``reconstruction_loss(x)`` for convenience.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        codebook: Tensor,
+        words: list[str],
+        num_words: int = 16,
+        word_dim: int = 256,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if codebook.dim() != 2 or len(words) != codebook.shape[0]:
+            raise ValueError(f"codebook must be [K, d_tok] with one word per row, got {tuple(codebook.shape)} and {len(words)} words")
+        if num_words > len(words):
+            raise ValueError(f"num_words={num_words} exceeds the codebook's {len(words)} words")
+        self.num_words, self.word_dim = num_words, word_dim
+        self.words = list(words)
+        # n affine maps stored as one tensor, orthogonally initialised as a whole (official code).
+        weight = torch.empty(num_words, in_dim * word_dim)
+        nn.init.orthogonal_(weight)
+        self.concept_weight = nn.Parameter(weight.view(num_words, in_dim, word_dim))
+        self.concept_bias = nn.Parameter(torch.randn(num_words, word_dim))
+        layer = nn.TransformerEncoderLayer(word_dim, nhead=1, dropout=dropout, batch_first=True)
+        self.encoder = layer
+        self.decoder = copy.deepcopy(layer)
+        self.out = nn.Linear(num_words * word_dim, in_dim)
+        self.register_buffer("codebook", codebook.detach().float().clone(), persistent=False)
+        self.codebook_map = nn.Linear(codebook.shape[1], word_dim)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Concept vectors ``[N, n, d_w]`` of ``x [N, d]``."""
+        concepts = torch.einsum("nd,kdw->nkw", x, self.concept_weight) + self.concept_bias
+        return self.encoder(concepts)
+
+    def mapped_codebook(self) -> Tensor:
+        return self.codebook_map(self.codebook)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        z_e = self.encode(x)
+        codes = self.mapped_codebook()
+        distances = (z_e.pow(2).sum(-1, keepdim=True) - 2 * z_e @ codes.T + codes.pow(2).sum(-1))  # squared L2
+        indices = greedy_distinct_nearest(distances.detach())
+        z_q = codes[indices]
+        loss = CODEBOOK_WEIGHT * F.mse_loss(z_q, z_e.detach()) + COMMITMENT_WEIGHT * F.mse_loss(z_e, z_q.detach())
+        quantized = z_e + (z_q - z_e).detach()  # straight-through
+        return quantized, indices, loss
+
+    def reconstruct(self, quantized: Tensor) -> Tensor:
+        return self.out(self.decoder(quantized).flatten(1))
+
+    def explain(self, indices: Tensor) -> list[list[str]]:
+        """The words of ``indices [N, n]``, in slot order."""
+        return [[self.words[i] for i in row] for row in indices.tolist()]
