@@ -27,7 +27,8 @@ def check_run_dir(run_dir: Path, stage: str, dataset: str, num_items: int, backb
     hint = MAKE_HINT.get(stage, "").format(dataset=dataset, backbone=backbone)
     done = run_dir / "metrics.json"
     if not done.is_file() or not (run_dir / "weights.pt").is_file():
-        siblings = sorted(str(p.parent) for p in run_dir.parent.parent.glob("*/metrics.json")) if run_dir.parent.exists() else []
+        # other finished runs of the same stage (e.g. other backbones), to point stage.init_from at
+        siblings = sorted(str(p.parent) for p in run_dir.parent.glob("*/metrics.json")) if run_dir.parent.exists() else []
         existing = f"; finished runs there: {siblings}" if siblings else ""
         raise StageArtifactError(
             f"{run_dir} holds no finished {stage} run (no metrics.json/weights.pt); run `{hint}` first "

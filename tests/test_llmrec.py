@@ -236,6 +236,11 @@ def test_missing_earlier_stage_names_the_command(tmp_path, tiny_llm_dir):
     cfg = compose(llm_args(tmp_path, tiny_llm_dir, "stage=align_stage2"))
     with pytest.raises(StageArtifactError, match="make align-stage1 DATASET=synthetic BACKBONE=sasrec"):
         build_align_stage2(cfg)
+    other = tmp_path / "runs" / "synthetic" / "align_stage1" / "gru4rec"
+    other.mkdir(parents=True)
+    (other / "metrics.json").write_text("{}")
+    with pytest.raises(StageArtifactError, match="finished runs there: .*gru4rec"):
+        build_align_stage2(cfg)
 
 
 def test_quantization_needs_cuda(tiny_llm_dir):
