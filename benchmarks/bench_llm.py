@@ -42,13 +42,13 @@ def bench(overrides: list[str], steps: int, users: int) -> dict:
     module.to(device)
     optimizer = module.configure_optimizers()
     module.train()
+    module.log = lambda *a, **k: None  # no trainer attached
     batches = iter(datamodule.train_dataloader())
     samples = tokens = 0
     seconds = 0.0
     for step in range(steps + 1):
         batch = next(batches).to(device)
         start = time.perf_counter()
-        module.log = lambda *a, **k: None  # no trainer attached
         loss = module.training_step(batch, step)
         loss.backward()
         optimizer.step()

@@ -89,6 +89,12 @@ def _orders(users: Tensor, size: int, salt: int) -> Tensor:
     return torch.as_tensor(np.stack(rows), dtype=torch.long, device=users.device)
 
 
+def _split_cold_warm(out: dict[str, Any], prefix: str, scores: Tensor, cold: Tensor) -> None:
+    """Step outputs that score the same rows again as ``<prefix>cold`` and ``<prefix>warm`` subsets."""
+    out[f"scores/{prefix}cold"], out[f"mask/{prefix}cold"] = scores, cold
+    out[f"scores/{prefix}warm"], out[f"mask/{prefix}warm"] = scores, ~cold
+
+
 class LLMProjectionModule(L.LightningModule):
     """Wires the frozen backbone, stage-1 item encoder and LLM to the trainable :class:`LLMProjector`.
 
@@ -247,14 +253,10 @@ class LLMProjectionModule(L.LightningModule):
             scores, answers = self._evaluate(batch, ordered, variant, user, score=True, generate=generate)
             # Back from prompt order to the batch's column order (target in column 0).
             scores = torch.empty_like(scores).scatter_(1, order, scores)
-            name = "" if variant == "main" else variant
+            prefix = "" if variant == "main" else f"{variant}/"
             out["scores" if variant == "main" else f"scores/{variant}"] = scores
             if test:
-                out[f"scores/{name + '/' if name else ''}cold"] = scores
-                out[f"mask/{name + '/' if name else ''}cold"] = cold
-                out[f"scores/{name + '/' if name else ''}warm"] = scores
-                out[f"mask/{name + '/' if name else ''}warm"] = ~cold
-            prefix = f"{name}/" if name else ""
+                _split_cold_warm(out, prefix, scores, cold)
             for rec, row in zip(records, scores.tolist()):
                 rec[f"{prefix}scores"] = [round(s, 4) for s in row]
             if answers is not None:
@@ -269,8 +271,7 @@ class LLMProjectionModule(L.LightningModule):
         if test:
             backbone = self.backbone.score(batch, candidates).float()
             out["scores/backbone"] = backbone
-            out["scores/backbone/cold"], out["mask/backbone/cold"] = backbone, cold
-            out["scores/backbone/warm"], out["mask/backbone/warm"] = backbone, ~cold
+            _split_cold_warm(out, "backbone/", backbone, cold)
             self.records.extend(records)
         return out
 

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from backbones import backbone_config, build_backbone
+from backbones import BACKBONES, backbone_config, build_backbone
 from backbones.base import Backbone
+from datamodules.preprocess import ProcessedData
 
 MAKE_HINT = {
     "cf_pretrain": "make cf-pretrain DATASET={dataset} BACKBONE={backbone}",
@@ -46,10 +47,11 @@ def check_run_dir(run_dir: Path, stage: str, dataset: str, num_items: int, backb
     return saved
 
 
-def load_backbone(run_dir: Path, num_items: int, num_users: int, interactions: torch.Tensor | None) -> Backbone:
+def load_backbone(run_dir: Path, data: ProcessedData) -> Backbone:
     """The frozen backbone of a ``cf_pretrain`` run, built from *its* saved config (not the command line's)."""
     saved = OmegaConf.load(run_dir / "config.yaml")
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(backbone_config(saved.backbone.name)), saved.backbone))
-    backbone = build_backbone(cfg, num_items, num_users, interactions=interactions)
+    interactions = data.train_interactions() if BACKBONES[cfg.name].needs_interactions else None
+    backbone = build_backbone(cfg, data.num_items, data.num_users, interactions=interactions)
     backbone.load_state_dict(torch.load(run_dir / "weights.pt", map_location="cpu", weights_only=True))
     return backbone.requires_grad_(False).eval()

@@ -24,7 +24,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import OmegaConf
 
-from aligners.collab_text import CollabTextAligner
+from aligners.collab_text import CollabTextAligner, MLPAutoencoder
 from aligners.llm import load_llm
 from aligners.prompt import PromptBuilder
 from aligners.text_encoder import item_text, load_text_encoder
@@ -240,9 +240,7 @@ def _stage_data(cfg: RunConfig, stage_cfg: Any, num_negatives: int, input_kind: 
 
 def _frozen_backbone(cfg: RunConfig, cf_dir: Path, data: Any) -> Any:
     check_run_dir(cf_dir, "cf_pretrain", cfg.data.name, data.num_items, cfg.backbone.name)
-    cls = BACKBONES[OmegaConf.load(cf_dir / "config.yaml").backbone.name]
-    interactions = data.train_interactions() if cls.needs_interactions else None
-    return load_backbone(cf_dir, data.num_items, data.num_users, interactions)
+    return load_backbone(cf_dir, data)
 
 
 def build_align_stage1(cfg: RunConfig) -> tuple[SeqDataModule, CollabTextAlignModule]:
@@ -280,10 +278,10 @@ def build_align_stage2(cfg: RunConfig, device: str | torch.device = "cpu") -> tu
     data = datamodule.data
     saved1 = check_run_dir(stage1_dir, "align_stage1", cfg.data.name, data.num_items, cfg.backbone.name)
     backbone = _frozen_backbone(cfg, Path(saved1["stage"]["init_from"]), data)
-    s1 = saved1["stage"]
-    aligner = CollabTextAligner(backbone.hidden_dim, 1, s1["latent_dim"])
+    # Stage 2 reads only the stage-1 item autoencoder's encoder (e_i); the text path comes as text_latents.pt.
+    item_ae = MLPAutoencoder(backbone.hidden_dim, saved1["stage"]["latent_dim"])
     state = torch.load(stage1_dir / "weights.pt", map_location="cpu", weights_only=True)["aligner"]
-    aligner.item_ae.load_state_dict({k[len("item_ae.") :]: v for k, v in state.items() if k.startswith("item_ae.")})
+    item_ae.load_state_dict({k.removeprefix("item_ae."): v for k, v in state.items() if k.startswith("item_ae.")})
     text_latents = None
     if (stage1_dir / "text_latents.pt").is_file():
         text_latents = torch.load(stage1_dir / "text_latents.pt", map_location="cpu", weights_only=True)["text_latents"]
@@ -291,7 +289,7 @@ def build_align_stage2(cfg: RunConfig, device: str | torch.device = "cpu") -> tu
     prompts = PromptBuilder(tokenizer, cfg.prompt, data.titles)
     counts = torch.bincount(data.train_interactions()[:, 1], minlength=data.num_items + 1)
     module = LLMProjectionModule(
-        backbone, aligner.item_ae.encoder, llm, prompts, s, text_latents, counts,
+        backbone, item_ae.encoder, llm, prompts, s, text_latents, counts,
         eval_seed=cfg.data.eval_seed, predictions_path=cfg.run_dir / "predictions.jsonl",
     )
     return datamodule, module
@@ -336,13 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = compose(sys.argv[1:] if argv is None else argv)
-        metrics = run(cfg)
-    except StageArtifactError as err:  # a missing earlier stage: say which command makes it
+    except ValueError as err:
         log.error("%s", err)
         return 2
-    except ValueError as err:
-        if "cfg" in locals():
-            raise
+    try:
+        metrics = run(cfg)
+    except StageArtifactError as err:  # a missing earlier stage: say which command makes it
         log.error("%s", err)
         return 2
     keys = ("test/hit@1", "test/ndcg@10", "test/full/hit@10", "test/full/ndcg@10", "test/generate/hit@1", "test/llm_only/hit@1")
