@@ -25,8 +25,9 @@ RUN = $(PY) -m lightning_modules.run
 CF_DONE = $(RUNS)/$(DATASET)/cf_pretrain/$(BACKBONE)/metrics.json
 S1_DONE = $(RUNS)/$(DATASET)/align_stage1/$(BACKBONE)/metrics.json
 S2_DONE = $(RUNS)/$(DATASET)/align_stage2/$(BACKBONE)/$(LLM)/metrics.json
+FACE_DONE = $(RUNS)/$(DATASET)/face/$(BACKBONE)/$(LLM)/metrics.json
 
-.PHONY: help install test test-full lint cf-pretrain align-stage1 align-stage2 train-all bench-cf bench-llm report smoke clean
+.PHONY: help install test test-full lint cf-pretrain align-stage1 align-stage2 face train-all bench-cf bench-llm report smoke clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -59,6 +60,9 @@ align-stage1:  ## A-LLMRec stage 1 on the cf_pretrain run of DATASET/BACKBONE
 align-stage2:  ## A-LLMRec stage 2 with LLM on the align_stage1 run, then its evaluation
 	$(RUN) stage=align_stage2 $(RUN_ARGS)
 
+face: $(CF_DONE)  ## FACE descriptors on the cf_pretrain run of DATASET/BACKBONE with LLM's vocabulary (pretrains it if missing)
+	$(RUN) stage=face $(RUN_ARGS)
+
 $(CF_DONE):
 	$(RUN) stage=cf_pretrain $(RUN_ARGS)
 
@@ -68,7 +72,10 @@ $(S1_DONE): $(CF_DONE)
 $(S2_DONE): $(S1_DONE)
 	$(RUN) stage=align_stage2 $(RUN_ARGS)
 
-train-all: $(S2_DONE)  ## every stage end to end (PROFILE=quick on a CPU); finished stages are skipped
+$(FACE_DONE): $(CF_DONE)
+	$(RUN) stage=face $(RUN_ARGS)
+
+train-all: $(S2_DONE) $(FACE_DONE)  ## every stage end to end (PROFILE=quick on a CPU); finished stages are skipped
 	$(PY) -m benchmarks.report $(RUNS)/$(DATASET)
 	@echo "train-all: done; results in $(RUNS)/$(DATASET)/"
 

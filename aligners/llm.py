@@ -122,3 +122,15 @@ def load_llm(cfg: LLMConfig, device: torch.device | str = "cpu") -> tuple[nn.Mod
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer
+
+
+def load_token_embeddings(cfg: LLMConfig) -> tuple[torch.Tensor, object]:
+    """``(input embeddings [V, d] float32, tokenizer)`` of the LLM, loaded on the CPU without quantisation.
+
+    FACE's codebook needs only this matrix; the model is dropped once it is copied.
+    """
+    unquantized = LLMConfig(**{**vars(cfg), "quantization": "none"})
+    model, tokenizer = load_llm(unquantized, "cpu")
+    weight = model.get_input_embeddings().weight.detach().float().clone()
+    del model
+    return weight, tokenizer

@@ -9,7 +9,12 @@ slot, as the official code). A straight-through estimator carries gradients to t
 decoder reconstructs ``x`` from the quantised concepts.
 
 ``forward(x) -> (quantized [N, n, d_w], indices [N, n], vq_loss)``; ``indices`` index the
-codebook rows, ``words(indices)`` turns them into strings.
+codebook rows, ``explain(indices)`` turns them into strings.
+
+Deviations from the official code, each to keep entities apart under short training (measured on
+Beauty with SASRec: the official initialisation gave every item the same 16 words): the input is
+layer-normalised, each concept map is orthogonal on its own and the biases start at zero, and the
+codebook map starts from standardised embeddings (see ``_init_codebook_map``).
 """
 
 from __future__ import annotations
@@ -60,17 +65,23 @@ def word_vocabulary(tokenizer, size: int = 20000, language: str = "en", min_leng
 
 
 def greedy_distinct_nearest(distances: Tensor) -> Tensor:
-    """Slot-by-slot arg-min over ``distances [N, n, K]`` with no token used twice in a row -> ``[N, n]``."""
+    """Slot-by-slot arg-min over ``distances [N, n, K]`` with no token used twice in a row -> ``[N, n]``.
+
+    Slot ``j`` can lose at most ``j`` tokens to earlier slots, so its pick is among its ``n``
+    nearest: the greedy pass runs over those ``[N, n, n]`` candidates only, with the same result
+    as a pass over all ``K`` tokens (ties aside).
+    """
     n_rows, n_slots, k = distances.shape
     if n_slots > k:
         raise ValueError(f"cannot pick {n_slots} distinct tokens from a codebook of {k}")
-    used = torch.zeros(n_rows, k, dtype=torch.bool, device=distances.device)
-    rows = torch.arange(n_rows, device=distances.device)
+    near_dist, near_ids = distances.topk(n_slots, dim=-1, largest=False)  # ascending
     picks = []
     for slot in range(n_slots):
-        pick = distances[:, slot].masked_fill(used, float("inf")).argmin(-1)
-        used[rows, pick] = True
-        picks.append(pick)
+        ids, dist = near_ids[:, slot], near_dist[:, slot]
+        if picks:
+            taken = (ids.unsqueeze(-1) == torch.stack(picks, dim=1).unsqueeze(1)).any(-1)
+            dist = dist.masked_fill(taken, float("inf"))
+        picks.append(ids.gather(1, dist.argmin(-1, keepdim=True)).squeeze(1))
     return torch.stack(picks, dim=1)
 
 
@@ -99,32 +110,66 @@ class VQDescriptorMapper(nn.Module):
             raise ValueError(f"num_words={num_words} exceeds the codebook's {len(words)} words")
         self.num_words, self.word_dim = num_words, word_dim
         self.words = list(words)
-        # n affine maps stored as one tensor, orthogonally initialised as a whole (official code).
-        weight = torch.empty(num_words, in_dim * word_dim)
-        nn.init.orthogonal_(weight)
-        self.concept_weight = nn.Parameter(weight.view(num_words, in_dim, word_dim))
-        self.concept_bias = nn.Parameter(torch.randn(num_words, word_dim))
+        # n affine maps, each (semi-)orthogonal, biases zero. The official code orthogonalises the
+        # n maps as one [n, d * d_w] matrix (entries ~ 1 / sqrt(n d d_w)) and draws the biases from
+        # randn, so at init every entity's concepts are its bias, and all entities get the same
+        # words until a long map phase pulls them apart (reference 12.9). Per-map orthogonal
+        # weights make the concepts depend on x from the first step.
+        weight = torch.empty(num_words, in_dim, word_dim)
+        for k in range(num_words):
+            nn.init.orthogonal_(weight[k])
+        self.concept_weight = nn.Parameter(weight)
+        self.concept_bias = nn.Parameter(torch.zeros(num_words, word_dim))
         layer = nn.TransformerEncoderLayer(word_dim, nhead=1, dropout=dropout, batch_first=True)
         self.encoder = layer
         self.decoder = copy.deepcopy(layer)
         self.out = nn.Linear(num_words * word_dim, in_dim)
         self.register_buffer("codebook", codebook.detach().float().clone(), persistent=False)
         self.codebook_map = nn.Linear(codebook.shape[1], word_dim)
+        self._init_codebook_map()
+
+    @torch.no_grad()
+    def _init_codebook_map(self) -> None:
+        """Start the mapped codebook on the concepts' scale: standardise the frozen embeddings per
+        dimension, then rotate them with a random semi-orthogonal map, so mapped codes have about
+        unit variance per dimension, like the Transformer's layer-normalised concepts.
+
+        With PyTorch's default init the mapped codes form a small cloud far from every concept
+        (norm ~ sqrt(d_w)); the nearest code of any concept is then one of the cloud's few extreme
+        points, and all entities get the same words. The map stays an ordinary trainable linear
+        layer over the frozen embeddings; only its starting point is chosen.
+        """
+        mean, std = self.codebook.mean(0), self.codebook.std(0).clamp_min(1e-6)
+        rotation = torch.empty(self.word_dim, self.codebook.shape[1])
+        nn.init.orthogonal_(rotation)
+        if self.word_dim > self.codebook.shape[1]:  # orthonormal columns: rows have norm sqrt(d_tok / d_w)
+            rotation *= (self.word_dim / self.codebook.shape[1]) ** 0.5
+        weight = rotation / std
+        self.codebook_map.weight.copy_(weight)
+        self.codebook_map.bias.copy_(-weight @ mean)
 
     def encode(self, x: Tensor) -> Tensor:
         """Concept vectors ``[N, n, d_w]`` of ``x [N, d]``."""
+        # Layer-normalised input: CF embeddings are small (SASRec's ~0.6 norm), and at their raw scale
+        # the Transformer's biases, the same for every entity, would decide the concepts.
+        x = F.layer_norm(x, x.shape[-1:])
         concepts = torch.einsum("nd,kdw->nkw", x, self.concept_weight) + self.concept_bias
         return self.encoder(concepts)
 
     def mapped_codebook(self) -> Tensor:
         return self.codebook_map(self.codebook)
 
+    @torch.no_grad()
+    def nearest(self, z_e: Tensor) -> Tensor:
+        """Distinct nearest codebook rows ``[N, n]`` of concepts ``z_e [N, n, d_w]`` (squared L2)."""
+        codes = self.mapped_codebook()
+        distances = z_e.pow(2).sum(-1, keepdim=True) - 2 * z_e @ codes.T + codes.pow(2).sum(-1)
+        return greedy_distinct_nearest(distances)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         z_e = self.encode(x)
-        codes = self.mapped_codebook()
-        distances = (z_e.pow(2).sum(-1, keepdim=True) - 2 * z_e @ codes.T + codes.pow(2).sum(-1))  # squared L2
-        indices = greedy_distinct_nearest(distances.detach())
-        z_q = codes[indices]
+        indices = self.nearest(z_e)
+        z_q = self.codebook_map(self.codebook[indices])  # only the chosen rows carry gradients to the map
         loss = CODEBOOK_WEIGHT * F.mse_loss(z_q, z_e.detach()) + COMMITMENT_WEIGHT * F.mse_loss(z_e, z_q.detach())
         quantized = z_e + (z_q - z_e).detach()  # straight-through
         return quantized, indices, loss

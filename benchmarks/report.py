@@ -26,6 +26,17 @@ COLUMNS = (
     ("train_seconds", "train s"),
 )
 
+MULTI_TARGET_COLUMNS = (
+    ("test/full/recall@5", "Recall@5"),
+    ("test/full/ndcg@5", "NDCG@5"),
+    ("test/full/recall@10", "Recall@10"),
+    ("test/full/ndcg@10", "NDCG@10"),
+    ("test/full/recall@20", "Recall@20"),
+    ("test/full/ndcg@20", "NDCG@20"),
+    *COLUMNS[-3:],
+)
+"""Columns for multi-target data (``rlmrec``): full ranking only, RLMRec's metrics."""
+
 
 LLM_COLUMNS = (("hit@1", "Hit@1"), ("hit@5", "Hit@5"), ("hit@10", "Hit@10"), ("ndcg@10", "NDCG@10"), ("mrr", "MRR"))
 
@@ -70,19 +81,23 @@ def llm_table(metrics: dict) -> str:
 
 
 def table(root: Path) -> str:
-    rows = []
+    runs = []
     for path in sorted(root.glob("**/metrics.json")):
         metrics = json.loads(path.read_text())
-        if metrics.get("stage", "cf_pretrain") != "cf_pretrain":
-            continue
+        if metrics.get("stage", "cf_pretrain") == "cf_pretrain":
+            runs.append((path, metrics))
+    multi_target = any("test/full/recall@20" in metrics for _, metrics in runs)
+    columns = MULTI_TARGET_COLUMNS if multi_target else COLUMNS
+    rows = []
+    for path, metrics in runs:
         name = f"{metrics.get('backbone', path.parent.name)} ({metrics.get('loss', '?')})"
         cells = []
-        for key, _ in COLUMNS:
+        for key, _ in columns:
             value = metrics.get(key)
             cells.append("" if value is None else (f"{value:.4f}" if isinstance(value, float) and key.startswith("test/") else f"{value:g}"))
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    header = "| model | " + " | ".join(title for _, title in COLUMNS) + " |"
-    rule = "|---|" + "---:|" * len(COLUMNS)
+    header = "| model | " + " | ".join(title for _, title in columns) + " |"
+    rule = "|---|" + "---:|" * len(columns)
     return "\n".join([header, rule, *rows])
 
 

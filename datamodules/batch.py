@@ -21,9 +21,13 @@ class SeqBatch:
       no target) or ``[B]`` for user-item pairs.
     - ``neg_items``: sampled negatives, ``[B, L, K]`` or ``[B, K]``; ``None`` when the loss
       needs none.
-    - ``candidates [B, C]``: evaluation candidates, the positive in column 0.
+    - ``candidates [B, C]``: evaluation candidates, the positive in column 0; ``None`` for data
+      without a sampled protocol (``rlmrec``).
     - ``history``: for full ranking, ``[B, H]`` right-padded items to mask (everything the
-      user interacted with before the target).
+      user interacted with before the target; for multi-target data the training items only).
+    - ``targets [B, T]``: for multi-target evaluation, the split's items of each user,
+      right-padded with ``PAD_ID``; ``None`` for leave-one-out data (the target is
+      ``candidates[:, 0]``).
     """
 
     user_ids: Tensor
@@ -32,6 +36,7 @@ class SeqBatch:
     neg_items: Tensor | None = None
     candidates: Tensor | None = None
     history: Tensor | None = None
+    targets: Tensor | None = None
 
     def to(self, device: torch.device | str) -> "SeqBatch":
         return SeqBatch(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})

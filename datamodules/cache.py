@@ -18,12 +18,13 @@ import torch
 from filelock import FileLock
 
 from datamodules.config import DataConfig
-from datamodules.preprocess import ProcessedData, preprocess
-from datamodules.sources import resolve_raw, source_fingerprint
+from datamodules.preprocess import ProcessedData, preprocess, preprocess_splits
+from datamodules.sources import SplitMatrices, resolve_raw, source_fingerprint
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Bump when the stored dict changes (2: ``split_counts`` added, candidates may be None)."""
 
 
 def processed_dir(cfg: DataConfig) -> Path:
@@ -89,7 +90,10 @@ def ensure_processed(cfg: DataConfig) -> Path:
             return folder
         log.info("preprocessing %s (source %s) into %s", cfg.name, cfg.source, folder)
         raw = resolve_raw(cfg)
-        data = preprocess(raw.interactions, raw.items, cfg.num_eval_negatives, cfg.eval_seed)
+        if isinstance(raw, SplitMatrices):
+            data = preprocess_splits(raw)
+        else:
+            data = preprocess(raw.interactions, raw.items, cfg.num_eval_negatives, cfg.eval_seed)
         # meta.json is removed first and written last: it is the marker of a complete cache.
         (folder / "meta.json").unlink(missing_ok=True)
         atomic_write_bytes(folder / "dataset.pt", lambda fh: torch.save(data.to_dict(), fh))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SOURCES = ("amazon2014", "amazon2018", "prepared", "synthetic")
+SOURCES = ("amazon2014", "amazon2018", "prepared", "rlmrec", "synthetic")
 
 
 @dataclass
@@ -13,8 +13,11 @@ class DataConfig:
 
     ``source`` picks the reader: ``amazon2014`` (5-core reviews + metadata), ``amazon2018``
     (per-category files with A-LLMRec's recipe), ``prepared`` (``interactions.csv`` +
-    ``items.csv``) or ``synthetic``. ``data_dir`` may point at a prepared folder or at a folder
-    holding the raw files; when it is empty the raw files go to ``<root>/raw/<name>/``.
+    ``items.csv``), ``rlmrec`` (RLMRec's pickled train/val/test matrices, a fixed multi-target
+    split evaluated by full ranking only) or ``synthetic``. ``data_dir`` may point at a prepared
+    folder or at a folder holding the raw files; when it is empty the raw files go to
+    ``<root>/raw/<name>/``. ``num_eval_negatives`` does not apply to ``rlmrec`` (no sampled
+    candidates there).
     """
 
     name: str = "?"

@@ -192,8 +192,15 @@ def _train_history(data: ProcessedData, users: Tensor) -> Tensor:
 class EvalData(Dataset):
     """Validation or test users with their history, frozen candidates and full-ranking mask.
 
-    For the test split the history is training + validation item (as in A-LLMRec); for
-    validation it is the training items only. ``item_seq`` holds the last ``max_len`` of it.
+    Leave-one-out data: for the test split the history is training + validation item (as in
+    A-LLMRec); for validation it is the training items only. The target is ``candidates[:, 0]``.
+
+    Multi-target data (``rlmrec``): users with at least one item in the split; ``targets`` holds
+    all of them and ``history`` (the full-ranking mask) the training items only, for validation
+    and test alike. Validation items are thus *not* masked at test time: an RLMRec/SSLRec quirk
+    that FACE inherits, kept so that the numbers compare. There are no candidates (``None``).
+
+    ``item_seq`` holds the last ``max_len`` items of the history.
     """
 
     def __init__(self, data: ProcessedData, split: str, max_len: int, max_users: int = 0, seed: int = 0) -> None:
@@ -202,10 +209,18 @@ class EvalData(Dataset):
         self.data = data
         self.split = split
         self.max_len = max_len
-        self.users = user_subset(data.eval_users, max_users, seed)
-        self.candidates = (data.valid_candidates if split == "val" else data.test_candidates)[self.users]
-        # Position of the target inside the sequence: second-to-last (val) or last (test).
-        self.hist_len = data.lengths[self.users] - (2 if split == "val" else 1)
+        self.users = user_subset(data.split_users(split), max_users, seed)
+        self.candidates: Tensor | None = None
+        if data.has_candidates:
+            self.candidates = (data.valid_candidates if split == "val" else data.test_candidates)[self.users]
+        self.target_start: Tensor | None = None
+        self.target_len: Tensor | None = None
+        if data.multi_target:
+            self.hist_len = data.train_length(self.users)
+            self.target_start, self.target_len = data.split_span(self.users, split)
+        else:
+            # Position of the target inside the sequence: second-to-last (val) or last (test).
+            self.hist_len = data.lengths[self.users] - (2 if split == "val" else 1)
 
     def __len__(self) -> int:
         return len(self.users)
@@ -215,11 +230,15 @@ class EvalData(Dataset):
         users, hist_len = self.users[idx], self.hist_len[idx]
         starts = self.data.seq_offsets[users]
         recent = hist_len.clamp(max=self.max_len)
+        targets = None
+        if self.target_start is not None:
+            targets = _gather_padded(self.data.seq_items, starts + self.target_start[idx], self.target_len[idx], left=False)
         return SeqBatch(
             user_ids=users,
             item_seq=_gather_padded(self.data.seq_items, starts + hist_len - recent, recent, left=True),
-            candidates=self.candidates[idx],
+            candidates=None if self.candidates is None else self.candidates[idx],
             history=_gather_padded(self.data.seq_items, starts, hist_len, left=False),
+            targets=targets,
         )
 
 
@@ -308,7 +327,7 @@ class ShardedEvalSampler(Sampler):
 
 
 class SeqDataModule(L.LightningDataModule):
-    """Amazon, prepared-folder or synthetic data for every stage.
+    """Amazon, prepared-folder, RLMRec or synthetic data for every stage.
 
     ``input_kind`` selects the training samples: ``"sequence"`` (next-item windows, for SASRec,
     GRU4Rec, NextItNet) or ``"user"`` (user-item pairs, for NCF and LightGCN). ``num_negatives``
@@ -358,6 +377,16 @@ class SeqDataModule(L.LightningDataModule):
     @property
     def num_users(self) -> int:
         return self._loaded().num_users
+
+    @property
+    def multi_target(self) -> bool:
+        """Evaluation by full ranking against every item of the split (``rlmrec``), no sampled candidates."""
+        return self._loaded().multi_target
+
+    @property
+    def has_candidates(self) -> bool:
+        """Whether evaluation batches carry the sampled protocol's ``candidates``."""
+        return self._loaded().has_candidates
 
     @property
     def num_items(self) -> int:

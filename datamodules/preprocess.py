@@ -1,4 +1,5 @@
-"""Pure preprocessing functions: id maps, chronological sequences, leave-one-out, frozen candidates.
+"""Pure preprocessing functions: id maps, chronological sequences, leave-one-out, frozen candidates,
+and the fixed multi-target splits of RLMRec data.
 
 Everything here is deterministic given its inputs (and the seed of the candidate sampler), so a
 processed dataset can be rebuilt bit for bit from the raw files.
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 
 from datamodules.constants import PAD_ID
 from datamodules.sampling import sample_negatives
+from datamodules.sources import SPLITS, SplitMatrices
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +32,16 @@ class ProcessedData:
 
     - ``user_raw[u]`` / ``item_raw[i]``: raw ids; index ``PAD_ID`` holds ``"<pad>"``.
     - ``titles[i]``, ``descriptions[i]``: item texts ("" when unknown).
-    - ``seq_offsets [U+2]`` and ``seq_items [T]``, ``seq_times [T]``: user u's chronological
-      sequence is ``seq_items[seq_offsets[u]:seq_offsets[u+1]]`` (user 0 is empty).
+    - ``seq_offsets [U+2]`` and ``seq_items [T]``, ``seq_times [T]``: user u's items are
+      ``seq_items[seq_offsets[u]:seq_offsets[u+1]]`` (user 0 is empty).
     - ``valid_candidates``, ``test_candidates [U+1, C]``: the frozen sampled-protocol lists, the
-      held-out item in column 0; all zeros for users with fewer than 3 interactions.
+      held-out item in column 0; all zeros for users with fewer than 3 interactions. ``None``
+      for data without a sampled protocol (``rlmrec``).
+    - ``split_counts [U+1, 3]``: ``None`` for leave-one-out data, where each sequence is
+      chronological and its last two items are the validation and test targets (users with at
+      least 3 interactions). Otherwise a fixed multi-target split: user u has
+      ``split_counts[u] = (train, val, test)`` items, stored train, then validation, then test
+      (each part by ascending item id; ``seq_times`` is 0).
     """
 
     user_raw: list[str]
@@ -43,8 +51,9 @@ class ProcessedData:
     seq_offsets: torch.Tensor
     seq_items: torch.Tensor
     seq_times: torch.Tensor
-    valid_candidates: torch.Tensor
-    test_candidates: torch.Tensor
+    valid_candidates: torch.Tensor | None
+    test_candidates: torch.Tensor | None
+    split_counts: torch.Tensor | None = None
     stats: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -57,18 +66,51 @@ class ProcessedData:
 
     @property
     def lengths(self) -> torch.Tensor:
-        """Sequence length per user ``[U+1]``."""
+        """Number of items per user ``[U+1]``, all splits together."""
         return self.seq_offsets[1:] - self.seq_offsets[:-1]
 
     @property
+    def multi_target(self) -> bool:
+        """True for a fixed split with any number of validation and test items per user."""
+        return self.split_counts is not None
+
+    @property
+    def has_candidates(self) -> bool:
+        """True when the sampled protocol's frozen candidate lists exist."""
+        return self.valid_candidates is not None and self.test_candidates is not None
+
+    @property
     def eval_users(self) -> torch.Tensor:
-        """Users with a validation and a test item, ascending ``[U_eval]``."""
-        return torch.nonzero(self.lengths >= MIN_EVAL_INTERACTIONS).flatten()
+        """Users evaluated at test time, ascending ``[U_eval]``: with a validation and a test item
+        (leave-one-out), or with at least one test item (multi-target)."""
+        return self.split_users("test")
+
+    def split_users(self, split: str) -> torch.Tensor:
+        """Users evaluated on ``split`` (``"val"`` or ``"test"``), ascending."""
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        if self.split_counts is None:
+            return torch.nonzero(self.lengths >= MIN_EVAL_INTERACTIONS).flatten()
+        return torch.nonzero(self.split_counts[:, 1 if split == "val" else 2] > 0).flatten()
 
     def train_length(self, users: torch.Tensor) -> torch.Tensor:
-        """Number of training items of ``users``: all but the last two for evaluated users."""
+        """Number of training items of ``users``: all but the last two for evaluated users
+        (leave-one-out), or the training split (multi-target). They come first in the sequence."""
+        if self.split_counts is not None:
+            return self.split_counts[users, 0]
         lengths = self.lengths[users]
         return torch.where(lengths >= MIN_EVAL_INTERACTIONS, lengths - 2, lengths)
+
+    def split_span(self, users: torch.Tensor, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(start, length)`` of the ``split`` items of ``users`` within their sequences (multi-target only)."""
+        if self.split_counts is None:
+            raise ValueError("split_span needs multi-target data (split_counts); leave-one-out has one target")
+        counts = self.split_counts[users]
+        if split == "val":
+            return counts[:, 0], counts[:, 1]
+        if split == "test":
+            return counts[:, 0] + counts[:, 1], counts[:, 2]
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
 
     def train_interactions(self) -> torch.Tensor:
         """Training ``(user, item)`` pairs ``[E, 2]`` in sequence order."""
@@ -199,5 +241,52 @@ def preprocess(
         seq_times=torch.from_numpy(seq_times),
         valid_candidates=torch.from_numpy(valid),
         test_candidates=torch.from_numpy(test),
+        stats=stats,
+    )
+
+
+def preprocess_splits(raw: SplitMatrices) -> ProcessedData:
+    """A fixed train/validation/test split (RLMRec) -> multi-target :class:`ProcessedData`.
+
+    Internal ids are raw ids + 1 (``PAD_ID`` = 0 stays padding), for users and items alike, so
+    every row and column of the matrices keeps its place, interactions or not. Raw ids become
+    strings ("0", "1", ...). There are no item texts and no sampled candidates.
+    """
+    num_users, num_items = raw.num_users, raw.num_items
+    users = np.concatenate([raw.splits[s][0] for s in SPLITS]) + 1
+    items = np.concatenate([raw.splits[s][1] for s in SPLITS]) + 1
+    part = np.concatenate([np.full(len(raw.splits[s][0]), k, dtype=np.int64) for k, s in enumerate(SPLITS)])
+    order = np.lexsort((items, part, users))  # by user, then split, then item
+    counts = np.zeros((num_users + 1, len(SPLITS)), dtype=np.int64)
+    for k, split in enumerate(SPLITS):
+        counts[:, k] = np.bincount(raw.splits[split][0] + 1, minlength=num_users + 1)
+    offsets = np.zeros(num_users + 2, dtype=np.int64)
+    np.cumsum(counts.sum(1), out=offsets[1:])
+    train = counts[1:, 0]
+    stats = {
+        "num_users": num_users,
+        "num_items": num_items,
+        "num_interactions": int(len(items)),
+        **{f"num_{split}_interactions": int(counts[:, k].sum()) for k, split in enumerate(SPLITS)},
+        "num_val_users": int((counts[:, 1] > 0).sum()),
+        "num_eval_users": int((counts[:, 2] > 0).sum()),
+        "num_users_without_train": int((train == 0).sum()),
+        "num_items_without_train": int(num_items - len(np.unique(raw.splits["train"][1]))),
+        "mean_train_length": float(train.mean()),
+        "items_with_title": 0,
+        "density": float(len(items) / (num_users * num_items)),
+    }
+    log.info("processed dataset: %s", stats)
+    return ProcessedData(
+        user_raw=["<pad>", *map(str, range(num_users))],
+        item_raw=["<pad>", *map(str, range(num_items))],
+        titles=[""] * (num_items + 1),
+        descriptions=[""] * (num_items + 1),
+        seq_offsets=torch.from_numpy(offsets),
+        seq_items=torch.from_numpy(items[order]),
+        seq_times=torch.zeros(len(items), dtype=torch.long),
+        valid_candidates=None,
+        test_candidates=None,
+        split_counts=torch.from_numpy(counts),
         stats=stats,
     )

@@ -7,10 +7,13 @@ Sources (``DataConfig.source``):
 - ``amazon2018``: the 2018 per-category files ``<Cat>.json.gz`` and ``meta_<Cat>.json[.gz]`` with
   A-LLMRec's preprocessing recipe, quirks included (``shared/reference/a-llmrec.md`` section 1.2).
 - ``prepared``: a folder with ``interactions.csv`` and ``items.csv``.
+- ``rlmrec``: a folder with RLMRec's pickled ``trn_mat.pkl``, ``val_mat.pkl``, ``tst_mat.pkl``
+  (the data FACE uses); read into :class:`SplitMatrices`, a fixed split with integer ids.
 - ``synthetic``: a seeded, learnable generator for tests and smoke runs.
 
-Everything here is pure Python (no Lightning, no OmegaConf, no pandas) so tests import it quickly.
-Ids stay raw strings; mapping them to integers is ``preprocess.remap_ids``' job.
+Everything here is pure Python (no Lightning, no OmegaConf, no pandas; scipy only for ``rlmrec``,
+imported there) so tests import it quickly. Ids stay raw strings; mapping them to integers is
+``preprocess.remap_ids``' job (``rlmrec`` ids are the matrix indices, mapped by ``preprocess_splits``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import gzip
 import html
 import json
 import logging
+import pickle
 import random
 import re
 import zlib
@@ -28,6 +32,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from datamodules.config import DataConfig
 from datamodules.download import download
@@ -45,6 +51,9 @@ KNOWN_SIZES = {"meta_Beauty.json.gz": 99_156_148}
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 ITEM_COLUMNS = ("item_id", "title")
+RLMREC_FILES = {"train": "trn_mat.pkl", "val": "val_mat.pkl", "test": "tst_mat.pkl"}
+"""Split -> file name of RLMRec's interaction matrices (``data/<dataset>/`` in HKUDS/RLMRec)."""
+SPLITS = tuple(RLMREC_FILES)
 
 
 class DataFormatError(ValueError):
@@ -558,6 +567,150 @@ def make_synthetic(
 
 
 # ----------------------------------------------------------------------------------------------
+# RLMRec / FACE: pickled scipy.sparse train/validation/test matrices
+
+
+@dataclass
+class SplitMatrices:
+    """Binary interactions with a fixed train/validation/test split and integer ids.
+
+    - ``num_users``, ``num_items``: the matrices' shape; raw ids are the row and column indices
+      ``0..num_users-1`` and ``0..num_items-1`` (users or items without any interaction included).
+    - ``splits``: ``"train"``, ``"val"``, ``"test"`` -> ``(users [E], items [E])`` int64 arrays of
+      0-based raw ids, sorted by user then item, without duplicates. The splits are disjoint.
+    """
+
+    num_users: int
+    num_items: int
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+_RLMREC_EXPECTED = (
+    "a folder with trn_mat.pkl, val_mat.pkl and tst_mat.pkl, each a pickled scipy.sparse matrix of "
+    "users x items with 0-based ids (RLMRec's data/<dataset>/, e.g. ../shared/data/rlmrec/amazon)"
+)
+
+
+class _ForbiddenPickle(Exception):
+    """The pickle names a global other than numpy arrays and scipy.sparse matrices."""
+
+
+class _SparseUnpickler(pickle.Unpickler):
+    """An unpickler that builds only numpy arrays and scipy.sparse matrices.
+
+    A pickle can run arbitrary code when loaded; interaction matrices need nothing but these
+    classes, so anything else is refused rather than executed.
+    """
+
+    _NUMPY = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        sparse_class = module.startswith("scipy.sparse") and name.endswith(("_matrix", "_array"))
+        if (module, name) not in self._NUMPY and not sparse_class:
+            raise _ForbiddenPickle(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def _load_sparse_pickle(path: Path) -> Any:
+    """The 2-D scipy.sparse matrix pickled in ``path``, or a :class:`DataFormatError` saying what is wrong."""
+    import scipy.sparse as sp
+
+    if not path.is_file():
+        raise MissingDataError(
+            f"{path} does not exist; data.source=rlmrec needs {_RLMREC_EXPECTED}. Pass data.data_dir=<folder> "
+            "or DATA_DIR=<folder>."
+        )
+    try:
+        with open(path, "rb") as fh:
+            matrix = _SparseUnpickler(fh).load()
+    except _ForbiddenPickle as err:
+        raise DataFormatError(
+            f"{path}: refusing to unpickle {err}; expected a pickled scipy.sparse matrix (users x items) and "
+            "nothing else. Is this RLMRec's interaction matrix?"
+        ) from None
+    except ModuleNotFoundError as err:
+        raise DataFormatError(
+            f"{path}: unpickling needs the module {err.name!r}, which is not installed; RLMRec's pickles need "
+            "numpy and scipy >= 1.8 (scipy.sparse._coo)."
+        ) from err
+    except Exception as err:  # a damaged pickle fails in many ways (EOFError, UnpicklingError, ValueError ...)
+        raise DataFormatError(
+            f"{path} is not a readable pickle ({type(err).__name__}: {err}); expected a pickled scipy.sparse "
+            "matrix (users x items). The file is probably truncated or corrupt: copy it again."
+        ) from err
+    if not sp.issparse(matrix) or matrix.ndim != 2:
+        got = type(matrix).__name__ + (f" of shape {matrix.shape}" if hasattr(matrix, "shape") else "")
+        raise DataFormatError(
+            f"{path} holds a {got}; expected a 2-D scipy.sparse matrix (users x items), as in RLMRec's "
+            f"{path.name}."
+        )
+    return matrix
+
+
+def read_rlmrec(folder: Path | str) -> SplitMatrices:
+    """Read RLMRec's ``trn_mat.pkl``, ``val_mat.pkl``, ``tst_mat.pkl`` from ``folder``.
+
+    Each file is a pickled scipy.sparse matrix (RLMRec ships ``coo_matrix``) of shape
+    ``(#users, #items)``; the three must share it. Entries are binarised with ``!= 0`` as RLMRec
+    does (``coo_matrix((m != 0).astype(np.float32))``), so stored zeros are not interactions and
+    ratings count once. The splits must be disjoint: an item of a user's test split that is also
+    in their training split would be masked at evaluation and could never be hit.
+    """
+    import scipy.sparse as sp
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MissingDataError(
+            f"RLMRec folder {folder} does not exist; expected {_RLMREC_EXPECTED}. Pass data.data_dir=<folder> "
+            "or DATA_DIR=<folder>."
+        )
+    paths = {split: folder / name for split, name in RLMREC_FILES.items()}
+    matrices = {split: _load_sparse_pickle(path) for split, path in paths.items()}
+    shapes = {split: tuple(int(n) for n in m.shape) for split, m in matrices.items()}
+    if len(set(shapes.values())) != 1:
+        listing = ", ".join(f"{paths[split].name} {shape}" for split, shape in shapes.items())
+        raise DataFormatError(
+            f"{folder}: the three matrices must have the same shape (#users, #items), got {listing}; they are "
+            "not splits of one dataset."
+        )
+    num_users, num_items = shapes["train"]
+    splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for split, matrix in matrices.items():
+        binary = sp.coo_matrix((matrix != 0).astype(np.float32))
+        binary.sum_duplicates()  # sorts by row, then column
+        splits[split] = (binary.row.astype(np.int64), binary.col.astype(np.int64))
+    if len(splits["train"][0]) == 0:
+        raise DataFormatError(f"{paths['train']} has no non-zero entry; there is nothing to train on.")
+    keys = {split: users * num_items + items for split, (users, items) in splits.items()}
+    for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
+        shared = np.intersect1d(keys[first], keys[second])
+        if len(shared):
+            user, item = divmod(int(shared[0]), num_items)
+            raise DataFormatError(
+                f"{paths[first]} and {paths[second]} share {len(shared)} (user, item) pairs, e.g. user {user} "
+                f"item {item}; RLMRec's splits are disjoint. This is not an RLMRec split (or the files are of "
+                "different datasets)."
+            )
+    log.info(
+        "read %s: %d users, %d items, %s interactions",
+        folder,
+        num_users,
+        num_items,
+        "/".join(str(len(users)) for users, _ in splits.values()),
+    )
+    return SplitMatrices(num_users, num_items, splits)
+
+
+# ----------------------------------------------------------------------------------------------
 # Dispatch from a DataConfig
 
 
@@ -596,6 +749,8 @@ def input_paths(cfg: DataConfig) -> dict[str, Path]:
     """The files :func:`resolve_raw` reads for ``cfg`` (none for ``synthetic``); they may not exist yet."""
     if cfg.source == "synthetic":
         return {}
+    if cfg.source == "rlmrec":
+        return {split: raw_folder(cfg) / name for split, name in RLMREC_FILES.items()}
     if cfg.source == "prepared":
         if not cfg.data_dir:
             raise ValueError(
@@ -610,17 +765,26 @@ def input_paths(cfg: DataConfig) -> dict[str, Path]:
     return {"interactions": folder / "interactions.csv", "items": folder / "items.csv"}
 
 
-def resolve_raw(cfg: DataConfig) -> RawData:
+def resolve_raw(cfg: DataConfig) -> RawData | SplitMatrices:
     """Read the raw data that ``cfg`` names, downloading missing Amazon files when ``cfg.download``.
 
     For ``amazon2014``/``amazon2018`` a ``data_dir`` that holds ``interactions.csv`` is read as a
     prepared folder, as is (the recipe is assumed applied already: A-LLMRec's single-pass filter
-    is not idempotent, so it must not run twice).
+    is not idempotent, so it must not run twice). ``rlmrec`` gives :class:`SplitMatrices` (nothing
+    to download: RLMRec's archive is on Google Drive and archive.org).
     """
     if cfg.source == "synthetic":
         return make_synthetic(
             cfg.synthetic_users, cfg.synthetic_items, cfg.synthetic_min_len, cfg.synthetic_max_len, cfg.synthetic_seed
         )
+    if cfg.source == "rlmrec":
+        folder = raw_folder(cfg)
+        if not cfg.data_dir and not folder.is_dir():
+            raise MissingDataError(
+                f"data={cfg.name} (source rlmrec) has no data.data_dir and {folder} does not exist; expected "
+                f"{_RLMREC_EXPECTED}. Pass data.data_dir=<folder> or DATA_DIR=<folder>."
+            )
+        return read_rlmrec(folder)
     paths = input_paths(cfg)
     if "interactions" in paths:
         return read_prepared(paths["interactions"].parent)

@@ -48,8 +48,9 @@ class CFPretrainModule(L.LightningModule):
     """Wires a backbone to its loss, optimiser and evaluation outputs.
 
     Losses (``loss``): ``ce`` full softmax over all items; ``bce`` / ``bpr`` with the batch's
-    sampled negatives. Validation returns sampled-protocol scores; test also returns full-ranking
-    scores. The metrics themselves live in ``callbacks.ranking.RankingMetricsCallback``.
+    sampled negatives. Validation returns sampled-protocol scores (and full-ranking scores with
+    ``full_ranking_val``); test returns both. Batches without sampled candidates (``rlmrec``) get
+    full-ranking scores only. The metrics themselves live in ``callbacks.ranking.RankingMetricsCallback``.
     """
 
     full_ranking_test = True
@@ -62,41 +63,56 @@ class CFPretrainModule(L.LightningModule):
         self.full_ranking_val = cfg.full_ranking_val
 
     def training_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
-        loss = self._sequence_loss(batch) if self.backbone.input_kind == "sequence" else self._user_loss(batch)
+        loss, _ = self.backbone_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 
-    def _sequence_loss(self, batch: SeqBatch) -> Tensor:
+    def backbone_loss(self, batch: SeqBatch) -> tuple[Tensor, Tensor | None]:
+        """``(loss, user vectors [B, D] or None)``: the backbone's training loss and, when computed on
+        the way, the vector of each row's user (a sequence row: the state at its most recent item)."""
+        if self.backbone.input_kind == "sequence":
+            return self._sequence_loss(batch)
+        return self._user_loss(batch)
+
+    def _sequence_loss(self, batch: SeqBatch) -> tuple[Tensor, Tensor]:
         hidden = self.backbone.sequence_output(batch.item_seq)
+        users = hidden[:, -1]  # rows are left-padded: the last column is the most recent item
         mask = batch.pos_items != PAD_ID
         hidden, targets = hidden[mask], batch.pos_items[mask]  # only real positions: [P, D], [P]
         if self.loss_name == "ce":
-            return self._softmax_loss(hidden, self.backbone.item_embeddings(), targets)
+            return self._softmax_loss(hidden, self.backbone.item_embeddings(), targets), users
         pos = (hidden * self.backbone.item_embeddings(targets)).sum(-1)
         neg = torch.einsum("pd,pkd->pk", hidden, self.backbone.item_embeddings(batch.neg_items[mask]))
-        return bce_loss(pos, neg) if self.loss_name == "bce" else bpr_loss(pos, neg)
+        return (bce_loss(pos, neg) if self.loss_name == "bce" else bpr_loss(pos, neg)), users
 
     def _softmax_loss(self, hidden: Tensor, table: Tensor, targets: Tensor) -> Tensor:
         # table[1:] and targets - 1 leave the padding item out of the softmax without a copy.
         dtype = getattr(torch, self.cfg.ce_compute_dtype)
         return chunked_softmax_loss(hidden, table[1:], targets - 1, self.cfg.ce_chunk, dtype)
 
-    def _user_loss(self, batch: SeqBatch) -> Tensor:
+    def _user_loss(self, batch: SeqBatch) -> tuple[Tensor, Tensor | None]:
         if self.loss_name == "ce":
             if self.backbone.dot_product_scores:
                 user, table = self.backbone.user_and_item_tables(batch)
-                return self._softmax_loss(user, table, batch.pos_items)
-            return full_softmax_loss(self.backbone.score_all(batch), batch.pos_items)
+                return self._softmax_loss(user, table, batch.pos_items), user
+            return full_softmax_loss(self.backbone.score_all(batch), batch.pos_items), None
         scores = self.backbone.train_scores(batch, torch.cat([batch.pos_items.unsqueeze(1), batch.neg_items], dim=1))
         pos, neg = scores[:, 0], scores[:, 1:]
-        return bce_loss(pos, neg) if self.loss_name == "bce" else bpr_loss(pos, neg)
+        return (bce_loss(pos, neg) if self.loss_name == "bce" else bpr_loss(pos, neg)), None
 
     def validation_step(self, batch: SeqBatch, batch_idx: int) -> dict[str, Tensor]:
         if self.full_ranking_val:
             return self.test_step(batch, batch_idx)
+        if batch.candidates is None:
+            raise ValueError(
+                "this data has no sampled candidates (data.source=rlmrec is evaluated by full ranking only); "
+                "set stage.full_ranking_val=true and a stage.monitor under val/full/"
+            )
         return {"scores": self.backbone.score(batch, batch.candidates)}
 
     def test_step(self, batch: SeqBatch, batch_idx: int) -> dict[str, Tensor]:
+        if batch.candidates is None:
+            return {"full_scores": self.backbone.score_all(batch)}
         return {"scores": self.backbone.score(batch, batch.candidates), "full_scores": self.backbone.score_all(batch)}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -24,6 +24,7 @@ from datamodules.config import DataConfig
 from lightning_modules.align_stage1 import AlignStage1Config
 from lightning_modules.align_stage2 import AlignStage2Config
 from lightning_modules.cf_pretrain import CFPretrainConfig
+from lightning_modules.face import FACEConfig
 
 CONF_DIR = Path(os.environ.get("LLMREC_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
 GROUPS = ("data", "backbone", "stage", "llm", "text_encoder", "prompt", "trainer", "logger")
@@ -43,14 +44,16 @@ STAGE_CONFIGS: dict[str, type] = {
     "cf_pretrain": CFPretrainConfig,
     "align_stage1": AlignStage1Config,
     "align_stage2": AlignStage2Config,
+    "face": FACEConfig,
 }
 # Groups besides seed/data/backbone/stage that a stage's result depends on (for resuming, run dirs).
 STAGE_GROUPS: dict[str, tuple[str, ...]] = {
     "cf_pretrain": (),
     "align_stage1": ("text_encoder",),
     "align_stage2": ("llm", "prompt"),
+    "face": ("llm", "text_encoder"),
 }
-LLM_STAGES = ("align_stage2",)
+LLM_STAGES = ("align_stage2", "face")
 
 
 @dataclass
@@ -160,14 +163,21 @@ def _group_yaml(group: str, choice: str, conf_dir: Path, overrides: list[str], d
     path = conf_dir / group / f"{choice}.yaml"
     extra: dict[str, Any] = {}
     if not path.is_file() and group == "data":
-        # Bring-your-own data: an unknown dataset name with a prepared folder uses the prepared recipe.
+        # Bring-your-own data: an unknown dataset name with a prepared folder uses the prepared recipe,
+        # and rlmrec_<name> uses the RLMRec recipe (its folder is checked when the data is read).
         data_dir = _override_value(overrides, "data.data_dir")
-        if data_dir and (Path(data_dir) / "interactions.csv").is_file():
+        if choice.startswith("rlmrec_"):
+            path, extra = conf_dir / "data" / "rlmrec.yaml", {"name": choice}
+        elif data_dir and (Path(data_dir) / "interactions.csv").is_file():
             path, extra = conf_dir / "data" / "prepared.yaml", {"name": choice}
     if not path.is_file():
         hint = ""
         if group == "data":
-            hint = "; for your own data pass a folder with interactions.csv and items.csv as data.data_dir=<folder> (DATA_DIR=<folder>)"
+            hint = (
+                "; for your own data pass a folder with interactions.csv and items.csv as data.data_dir=<folder> "
+                "(DATA_DIR=<folder>), or name it rlmrec_<name> for a folder of RLMRec's trn_mat.pkl, val_mat.pkl "
+                "and tst_mat.pkl"
+            )
         raise ValueError(f"unknown {group} {choice!r}; expected one of {options(group, conf_dir)}{hint}")
     return path, extra
 

@@ -12,6 +12,7 @@ sweep agents pass.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -20,25 +21,36 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import OmegaConf
 
 from aligners.collab_text import CollabTextAligner, MLPAutoencoder
-from aligners.llm import load_llm
+from aligners.descriptor_text import DescriptorBridge, DescriptorTextEncoder, shared_word_vocabulary
+from aligners.llm import load_llm, load_token_embeddings
 from aligners.prompt import PromptBuilder
 from aligners.text_encoder import item_text, load_text_encoder
+from aligners.vq_descriptor import VQDescriptorMapper
 from backbones import BACKBONES, build_backbone
 from callbacks.artifacts import write_metrics_json, write_text, write_weights
 from callbacks.loggers import build_loggers
 from callbacks.ranking import RankingMetricsCallback
 from callbacks.timing import TimingCallback
+from datamodules.cache import processed_dir
 from datamodules.datamodule import SeqDataModule
 from lightning_modules.align_stage1 import CollabTextAlignModule
 from lightning_modules.align_stage2 import LLMProjectionModule
 from lightning_modules.artifacts import StageArtifactError, check_run_dir, load_backbone
 from lightning_modules.cf_pretrain import CFPretrainModule
 from lightning_modules.config import STAGE_GROUPS, RunConfig, compose, to_yaml
+from lightning_modules.face import (
+    FACEModule,
+    descriptors_csv,
+    entity_vectors,
+    interpretability_accuracy,
+    user_texts,
+)
 
 log = logging.getLogger("llmrec")
 
@@ -73,6 +85,18 @@ def _resume_path(cfg: RunConfig, run_dir: Path) -> Path | None:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         (run_dir / "metrics.json").unlink(missing_ok=True)
     return None
+
+
+class _CheckpointFrom(ModelCheckpoint):
+    """A ``ModelCheckpoint`` whose best-model choice ignores epochs before ``first_epoch`` (``last.ckpt`` is kept as usual)."""
+
+    def __init__(self, first_epoch: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.first_epoch = first_epoch
+
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        if trainer.current_epoch >= self.first_epoch:
+            super()._save_topk_checkpoint(trainer, monitor_candidates)
 
 
 def build_trainer(
@@ -150,7 +174,9 @@ def _fit_and_test(
     checkpoint = None
     fit = trainable and max_epochs > 0
     if fit:
-        checkpoint = ModelCheckpoint(
+        checkpoint = _CheckpointFrom(
+            # e.g. FACE: only align-phase epochs have trained descriptors to keep
+            first_epoch=getattr(module, "select_from_epoch", 0),
             dirpath=run_dir / "checkpoints",
             filename="best",
             monitor=monitor if validate else None,
@@ -320,7 +346,116 @@ def run_align_stage2(cfg: RunConfig) -> dict[str, Any]:
     return _finish(cfg, trainer, metrics, {"projector": module.projector.state_dict()}, datamodule.data)
 
 
-STAGES = {"cf_pretrain": run_cf_pretrain, "align_stage1": run_align_stage1, "align_stage2": run_align_stage2}
+def _encode(encoder: Any, texts: list[str], batch_size: int, dtype: str, desc: str, cache_dir: Path | None = None) -> torch.Tensor:
+    """Text embeddings ``[len(texts), d]``; with ``cache_dir``, reused from a file named by a hash of the
+    texts, the encoder's weights and the dtype (the frozen encoder gives the same vectors every run)."""
+    device = next(encoder.parameters()).device
+    path = None
+    if cache_dir is not None:
+        digest = hashlib.sha256(f"{dtype}\n{type(encoder).__name__}\n".encode())
+        for param in list(encoder.parameters())[:4]:  # enough to tell encoders apart cheaply
+            digest.update(param.detach().float().cpu().numpy().tobytes()[:4096])
+        digest.update("\x00".join(texts).encode())
+        path = cache_dir / f"{desc.replace(' ', '_')}-{digest.hexdigest()[:16]}.pt"
+        if path.is_file():
+            return torch.load(path, weights_only=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+        out = encoder.encode(texts, batch_size, progress=True, desc=desc)
+    if path is not None and _is_rank_zero():
+        write_weights(path, out)
+    return out
+
+
+def build_face(cfg: RunConfig, device: str | torch.device = "cpu") -> tuple[SeqDataModule, FACEModule, Any]:
+    """Data as the backbone was trained on, the pretrained backbone (trainable), FACE's mapper over the
+    LLM's word embeddings, the frozen text encoder, and the users' and items' text embeddings.
+    Returns ``(datamodule, module, text_encoder)``."""
+    s = cfg.stage
+    cf_dir = _init_from(cfg, "cf_pretrain")
+    saved = OmegaConf.load(cf_dir / "config.yaml") if (cf_dir / "config.yaml").is_file() else None
+    loss = saved.backbone.loss if saved is not None and "backbone" in saved else cfg.backbone.loss
+    cls = BACKBONES[cfg.backbone.name]
+    negatives = 0 if loss == "ce" else (saved.backbone.num_negatives if saved is not None else cfg.backbone.num_negatives)
+    datamodule = SeqDataModule(cfg.data, input_kind=cls.input_kind, num_negatives=negatives, seed=cfg.seed)
+    datamodule.prepare_data()
+    datamodule.setup()
+    data = datamodule.data
+    if not any(data.titles[1:]):
+        raise ValueError(f"data={cfg.data.name} has no item titles; FACE aligns descriptors with item and user text")
+    backbone = _frozen_backbone(cfg, cf_dir, data).train()
+    text_encoder = load_text_encoder(cfg.text_encoder)
+    if not hasattr(text_encoder, "model"):
+        raise ValueError("FACE reads descriptors through a Transformer text encoder; text_encoder=hashing cannot")
+    llm_embeddings, llm_tokenizer = load_token_embeddings(cfg.llm)
+    sentence_model = text_encoder.model
+    llm_ids, text_ids, words = shared_word_vocabulary(
+        llm_tokenizer, sentence_model[0].tokenizer, s.vocab_size, min_length=s.min_word_length
+    )
+    log.info("FACE vocabulary: %d words (LLM %s, text encoder %s)", len(words), cfg.llm.name, cfg.text_encoder.name)
+    codebook = llm_embeddings[llm_ids]
+    mapper = VQDescriptorMapper(backbone.hidden_dim, codebook, words, s.num_words, s.word_dim, s.dropout)
+    text = DescriptorTextEncoder(sentence_model, s.user_prompt, s.item_prompt, s.text_dtype)
+    bridge = DescriptorBridge(codebook, text.model.get_input_embeddings().weight[text_ids])
+    text_encoder.to(device)
+    batch, cache = cfg.text_encoder.batch_size, processed_dir(cfg.data) / "text_embeddings"
+    texts = [item_text(t, d) for t, d in zip(data.titles, data.descriptions)]
+    items = _encode(text_encoder, texts, batch, s.text_dtype, "item texts", cache)
+    users = _encode(text_encoder, user_texts(data, s.user_history), batch, s.text_dtype, "user texts", cache)
+    module = FACEModule(backbone, s, loss, mapper, bridge, text, users, items, seed=cfg.seed)
+    return datamodule, module, text_encoder
+
+
+def _face_outputs(cfg: RunConfig, module: FACEModule, text_encoder: Any, data: Any) -> dict[str, float]:
+    """Writes ``descriptors.csv``; returns the interpretability metrics (descriptors and the random control)."""
+    s = cfg.stage
+    module.eval()
+    users, items = entity_vectors(module.backbone, data, cfg.data.max_len)
+    words = module.mapper.words
+    item_words = module.mapper.explain(module.describe(items[1:]))
+    user_words = module.mapper.explain(module.describe(users[1:]))
+    write_text(cfg.run_dir / "descriptors.csv", descriptors_csv(data, item_words, user_words))
+    # Each test user's target item, among random others, ranked by similarity of its words to titles.
+    targets = data.test_candidates[data.eval_users, 0]
+    batch = cfg.text_encoder.batch_size
+    titles = _encode(text_encoder, [t or "No title" for t in data.titles], batch, s.text_dtype, "titles", processed_dir(cfg.data) / "text_embeddings")
+    unique, inverse = torch.unique(targets, return_inverse=True)
+    described = _encode(text_encoder, [", ".join(item_words[i - 1]) for i in unique.tolist()], batch, s.text_dtype, "descriptors")
+    acc, _ = interpretability_accuracy(described[inverse], titles, targets, s.interpretability_candidates, cfg.data.eval_seed)
+    rng = np.random.default_rng(cfg.data.eval_seed)
+    random_words = [", ".join(words[j] for j in rng.choice(len(words), s.num_words, replace=False)) for _ in range(len(targets))]
+    control = _encode(text_encoder, random_words, batch, s.text_dtype, "random descriptors")
+    acc_random, _ = interpretability_accuracy(control, titles, targets, s.interpretability_candidates, cfg.data.eval_seed)
+    return {
+        "test/interpretability/acc@1": acc,
+        "test/interpretability_random/acc@1": acc_random,
+        "num_interpretability_users": len(targets),
+        "vocabulary_size": len(words),
+        "distinct_item_words": len({w for ws in item_words for w in ws}),
+    }
+
+
+def run_face(cfg: RunConfig) -> dict[str, Any]:
+    """FACE: map then align phases on the pretrained backbone; test it against the backbone as loaded;
+    write ``descriptors.csv`` and the interpretability scores."""
+    datamodule, module, text_encoder = build_face(cfg, _device(cfg))
+    resume = _start_run(cfg)
+    s = cfg.stage
+    trainer, metrics = _fit_and_test(cfg, module, datamodule, resume, s.monitor, s.patience, s.max_epochs)
+    if trainer.is_global_zero:
+        metrics.update(_face_outputs(cfg, module, text_encoder, datamodule.data))
+    metrics["llm"] = cfg.llm.name
+    metrics["loss"] = module.loss_name
+    metrics["num_trained_parameters"] = sum(p.numel() for p in module.mapper.parameters())
+    weights = {"backbone": module.backbone.state_dict(), "mapper": module.mapper.state_dict()}
+    return _finish(cfg, trainer, metrics, weights, datamodule.data)
+
+
+STAGES = {
+    "cf_pretrain": run_cf_pretrain,
+    "align_stage1": run_align_stage1,
+    "align_stage2": run_align_stage2,
+    "face": run_face,
+}
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
@@ -342,7 +477,11 @@ def main(argv: list[str] | None = None) -> int:
     except StageArtifactError as err:  # a missing earlier stage: say which command makes it
         log.error("%s", err)
         return 2
-    keys = ("test/hit@1", "test/ndcg@10", "test/full/hit@10", "test/full/ndcg@10", "test/generate/hit@1", "test/llm_only/hit@1")
+    keys = (
+        "test/hit@1", "test/ndcg@10", "test/full/hit@10", "test/full/ndcg@10", "test/full/recall@20",
+        "test/generate/hit@1", "test/llm_only/hit@1", "test/backbone/full/ndcg@10", "test/interpretability/acc@1",
+        "test/interpretability_random/acc@1",
+    )
     summary = {k: round(v, 4) for k, v in metrics.items() if k in keys}
     log.info("%s %s on %s: %s", cfg.stage.name, cfg.backbone.name, cfg.data.name, summary)
     return 0

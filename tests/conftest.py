@@ -104,3 +104,71 @@ def llm_args(tmp_path: Path, llm_dir: Path, *extra: str) -> list[str]:
         "prompt.num_history=3",
         *extra,
     )
+
+
+WORDS = (
+    "the red blue green black white pink gold silver soft dry hair skin face nail oil cream soap brush mask "
+    "shampoo lotion color light dark fresh clean natural body hand lip eye care gel spray powder water rose "
+    "mint honey plum small large mini bold calm deluxe"
+).split()
+
+
+def make_tiny_word_llm(folder: Path) -> Path:
+    """A 2-layer random causal LM whose byte-level BPE has whole-word tokens (``Ġred``) for :data:`WORDS`."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<pad>", "<bos>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator([" ".join(WORDS)] * 50, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", bos_token="<bos>")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_sentence_encoder(folder: Path) -> Path:
+    """A random 2-layer BERT sentence-transformer (mean pooling, normalised) with a WordPiece vocabulary
+    holding :data:`WORDS`, the synthetic titles' words and punctuation; saved to ``folder``."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from datamodules.sources import make_synthetic
+
+    titles = {w.lower() for title, _ in make_synthetic(50, 50, 5, 6, 0).items.values() for w in title.split()}
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ",", ";", ":", ".", *letters, *(f"##{c}" for c in letters)]
+    vocab += sorted((set(WORDS) | titles | {"user", "product", "words", "likes", "described", "following"}) - set(vocab))
+    raw = folder / "bert"
+    raw.mkdir(parents=True)
+    (raw / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab=str(raw / "vocab.txt")).save_pretrained(raw)  # transformers 5: vocab=, not vocab_file=
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).save_pretrained(raw)
+    transformer = Transformer(str(raw), max_seq_length=64)
+    model = SentenceTransformer(modules=[transformer, Pooling(32, "mean"), Normalize()], device="cpu")
+    model.save(str(folder / "st"))
+    return folder / "st"
+
+
+@pytest.fixture(scope="session")
+def tiny_word_llm_dir(tmp_path_factory) -> Path:
+    return make_tiny_word_llm(tmp_path_factory.mktemp("tiny_word_llm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sentence_encoder_dir(tmp_path_factory) -> Path:
+    return make_tiny_sentence_encoder(tmp_path_factory.mktemp("tiny_st"))

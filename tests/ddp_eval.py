@@ -3,7 +3,9 @@
 Started by ``tests/test_ddp.py`` in a clean environment: Lightning's ``ddp`` strategy re-executes
 the command line for every rank, which must not be pytest itself (see DESIGN.md pitfalls).
 
-    python tests/ddp_eval.py OUT_JSON ROOT DEVICES [BACKBONE]
+    python tests/ddp_eval.py OUT_JSON ROOT DEVICES [BACKBONE [OVERRIDE ...]]
+
+Overrides (``data=rlmrec_x data.data_dir=...``) come after the synthetic defaults, so they win.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main() -> None:
             f"data.root={root}",
             "data.synthetic_users=301",
             "data.eval_batch_size=32",
+            *sys.argv[5:],
         ]
     )
     torch.manual_seed(0)

@@ -13,13 +13,13 @@ import pytest
 SCRIPT = Path(__file__).with_name("ddp_eval.py")
 
 
-def _run(tmp_path: Path, devices: int) -> dict[str, float]:
+def _run(tmp_path: Path, devices: int, backbone: str = "sasrec", *overrides: str) -> dict[str, float]:
     out = tmp_path / f"metrics-{devices}.json"
     # A clean environment: no pytest or Lightning variables leak into the launched ranks.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_", "PL_"))}
     env.update({"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "MASTER_PORT": str(29500 + os.getpid() % 1000 + devices)})
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), str(tmp_path / "data"), str(devices)],
+        [sys.executable, str(SCRIPT), str(out), str(tmp_path / "data"), str(devices), backbone, *overrides],
         env=env,
         capture_output=True,
         text=True,

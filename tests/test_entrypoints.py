@@ -34,12 +34,13 @@ def test_train_all_is_a_file_target_that_skips_finished_stages(tmp_path: Path) -
 
     def planned() -> list[str]:
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-        return [stage for stage in ("cf_pretrain", "align_stage1", "align_stage2") if f"stage={stage} " in out]
+        return [stage for stage in ("cf_pretrain", "align_stage1", "align_stage2", "face") if f"stage={stage} " in out]
 
-    assert planned() == ["cf_pretrain", "align_stage1", "align_stage2"]
+    assert planned() == ["cf_pretrain", "align_stage1", "align_stage2", "face"]
     assert "profile=quick" in subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).stdout
-    for stage, rest in (("cf_pretrain/sasrec", ["align_stage1", "align_stage2"]), ("align_stage1/sasrec", ["align_stage2"]),
-                        ("align_stage2/sasrec/smollm2", [])):
+    for stage, rest in (("cf_pretrain/sasrec", ["align_stage1", "align_stage2", "face"]),
+                        ("align_stage1/sasrec", ["align_stage2", "face"]),
+                        ("align_stage2/sasrec/smollm2", ["face"]), ("face/sasrec/smollm2", [])):
         done = tmp_path / "beauty" / stage / "metrics.json"
         done.parent.mkdir(parents=True)
         done.write_text("{}")

@@ -83,3 +83,12 @@ def test_vq_and_reconstruction_loss_decrease_on_synthetic_data():
         optimizer.step()
         losses.append(loss.item())
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+
+
+def test_small_inputs_and_an_offset_codebook_do_not_give_every_entity_the_same_words():
+    # LLM embeddings share a large mean and CF embeddings are small: the init must still tell entities apart
+    torch.manual_seed(0)
+    codebook = torch.randn(500, 24) * 0.05 + 2.0
+    mapper = VQDescriptorMapper(16, codebook, [f"w{i}" for i in range(500)], num_words=4, word_dim=8, dropout=0.0).eval()
+    _, indices, _ = mapper(0.01 * torch.randn(50, 16))
+    assert len({tuple(sorted(row)) for row in indices.tolist()}) > 40

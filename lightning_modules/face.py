@@ -1,0 +1,273 @@
+"""Stage ``face``: FACE (Wang et al., NeurIPS 2025) on a pretrained CF backbone.
+
+Every step adds FACE's losses to the backbone's own loss (reference ``face.md`` section 4):
+
+    L = L_backbone + vq_weight * L_Q + recons_weight * L_rec + align_weight * L_align
+
+over the step's entities: the batch's first ``entities_per_step`` users, their positive items and
+as many uniformly random items (the official code's users, positives and negatives). The
+backbone keeps training at ``backbone_lr`` (the official lr / 10) and receives FACE's gradients
+through its embeddings. The first ``map_epochs`` epochs are the map phase (``L_align = 0``), the
+rest the align phase. Recommendation still uses the backbone's own embeddings; the descriptors
+are a by-product for reading and for LLMs.
+
+Test outputs: the trained backbone (``test/*``) and, on the same users and candidates, the
+backbone as it came from ``cf_pretrain`` (``test/backbone/*``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from aligners.descriptor_text import DescriptorBridge, DescriptorTextEncoder, info_nce
+from aligners.vq_descriptor import VQDescriptorMapper
+from backbones.base import Backbone
+from datamodules.batch import SeqBatch
+from lightning_modules.cf_pretrain import CFPretrainModule
+
+
+@dataclass
+class FACEConfig:
+    """The ``face`` stage (``conf/stage/face.yaml``); official values unless noted there."""
+
+    name: str = "face"
+    init_from: str = ""  # (str) cf_pretrain run dir; "" = runs/<dataset>/cf_pretrain/<backbone>
+    lr: float = 1e-3  # (float) Adam lr of the FACE modules
+    backbone_lr: float = 1e-4  # (float) Adam lr of the backbone (lr / 10)
+    weight_decay: float = 0.0  # (float) Adam weight decay of the backbone
+    max_epochs: int = 6  # (int) map + align epochs
+    map_epochs: int = 1  # (int) epochs without the alignment loss first
+    patience: int = 0  # (int) early stopping on the monitor (0 = off)
+    monitor: str = "val/full/ndcg@10"  # (str) picks the tested checkpoint among align-phase epochs
+    full_ranking_val: bool = True  # (bool) rank the whole catalogue at validation
+    ce_compute_dtype: str = "bfloat16"  # (str) matmul dtype of the backbone's chunked softmax loss
+    ce_chunk: int = 256  # (int) rows of logits per chunk of that loss
+    num_words: int = 16  # (int) descriptors per entity (n)
+    word_dim: int = 256  # (int) concept / codebook width (d_w)
+    vocab_size: int = 20000  # (int) the most frequent words (wordfreq) a descriptor may be
+    min_word_length: int = 2  # (int) shortest descriptor word
+    dropout: float = 0.1  # (float) dropout of FACE's Transformer layers
+    vq_weight: float = 1.0
+    recons_weight: float = 1.0
+    align_weight: float = 0.1
+    temperature: float = 0.02  # (float) InfoNCE temperature
+    entities_per_step: int = 64  # (int) users per step, with as many positive and random items
+    user_prompt: str = "The user and his likes can be described as the following words:"
+    item_prompt: str = "The product attracts those who can be described as the following words:"
+    user_history: int = 20  # (int) most recent training titles that make a user's text
+    text_dtype: str = "bfloat16"  # (str) autocast dtype of the frozen text encoder: bfloat16 | float32
+    interpretability_candidates: int = 10  # (int) target + random items ranked by text similarity
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.map_epochs <= self.max_epochs:
+            raise ValueError(f"stage.map_epochs must be in [0, stage.max_epochs={self.max_epochs}], got {self.map_epochs}")
+        for key in ("lr", "backbone_lr", "temperature"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"stage.{key} must be > 0, got {getattr(self, key)}")
+        for key in ("num_words", "word_dim", "entities_per_step", "user_history", "vocab_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"stage.{key} must be >= 1, got {getattr(self, key)}")
+        if self.interpretability_candidates < 2:
+            raise ValueError(f"stage.interpretability_candidates must be >= 2, got {self.interpretability_candidates}")
+        if self.text_dtype not in ("bfloat16", "float32"):
+            raise ValueError(f"stage.text_dtype must be bfloat16 or float32, got {self.text_dtype!r}")
+        if self.monitor.startswith("val/full/") and not self.full_ranking_val:
+            raise ValueError(f"stage.monitor={self.monitor} needs stage.full_ranking_val=true")
+
+
+class FACEModule(CFPretrainModule):
+    """The backbone, FACE's mapper, the frozen text encoder and the entities' text embeddings.
+
+    - ``mapper``: :class:`VQDescriptorMapper` over the LLM's word embeddings.
+    - ``bridge``: gradients from the text encoder's inputs back to the concepts.
+    - ``user_text [U+1, d]``, ``item_text [N+1, d]``: L2-normalised text embeddings (buffers).
+    - ``reference``: a frozen copy of the backbone as loaded, scored at test as ``backbone``.
+    """
+
+    test_ranking_sets = ("backbone",)
+    test_full_ranking_sets = ("backbone",)  # logged as test/backbone/full/*
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        cfg: FACEConfig,
+        loss: str,
+        mapper: VQDescriptorMapper,
+        bridge: DescriptorBridge,
+        text: DescriptorTextEncoder,
+        user_text: Tensor,
+        item_text: Tensor,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(backbone, cfg, loss=loss)
+        self.reference = copy.deepcopy(backbone).requires_grad_(False).eval()
+        self.backbone.requires_grad_(backbone.trainable)
+        self.mapper = mapper
+        self.bridge = bridge
+        self.text = text
+        self.register_buffer("user_text", F.normalize(user_text.float(), dim=-1), persistent=False)
+        self.register_buffer("item_text", F.normalize(item_text.float(), dim=-1), persistent=False)
+        self.seed = seed
+        self.strict_loading = False  # checkpoints leave out the frozen parts (rebuilt from their sources)
+        self.frozen_prefixes = ("reference.", "text.")
+        self.select_from_epoch = cfg.map_epochs  # map-phase epochs have no aligned descriptors to keep
+
+    def train(self, mode: bool = True) -> "FACEModule":
+        super().train(mode)
+        self.reference.eval()
+        self.text.eval()
+        return self
+
+    @property
+    def aligning(self) -> bool:
+        return self.current_epoch >= self.cfg.map_epochs
+
+    def _negatives(self, count: int) -> Tensor:
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.global_step]).generate_state(1)[0]))
+        return torch.randint(1, self.backbone.num_items + 1, (count,), generator=gen).to(self.device)
+
+    def training_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
+        rec_loss, users = self.backbone_loss(batch)
+        k = min(self.cfg.entities_per_step, len(batch))
+        user_ids = batch.user_ids[:k]
+        pos = batch.pos_items[:k, -1] if batch.pos_items.dim() == 2 else batch.pos_items[:k]
+        items = torch.cat([pos, self._negatives(k)])
+        if users is None:
+            users = self.backbone.encode_user(batch)
+        x = torch.cat([users[:k], self.backbone.item_embeddings(items)])
+        quantized, indices, vq_loss = self.mapper(x)
+        recons_loss = F.mse_loss(self.mapper.reconstruct(quantized), x.detach())
+        loss = rec_loss + self.cfg.vq_weight * vq_loss + self.cfg.recons_weight * recons_loss
+        size = len(x)
+        if self.aligning:
+            is_user = torch.arange(size, device=x.device) < k
+            described = self.text(self.bridge(quantized, indices, self.mapper.codebook_map), is_user)
+            targets = torch.cat([self.user_text[user_ids], self.item_text[items]])
+            align_loss = info_nce(described, targets, self.cfg.temperature)
+            loss = loss + self.cfg.align_weight * align_loss
+            with torch.no_grad():
+                accuracy = ((described @ targets.T).argmax(-1) == torch.arange(size, device=x.device)).float().mean()
+            self.log("train/loss_align", align_loss, batch_size=size)
+            self.log("train/align_acc", accuracy, prog_bar=True, batch_size=size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/loss_backbone", rec_loss, batch_size=size)
+        self.log("train/loss_vq", vq_loss, batch_size=size)
+        self.log("train/loss_recons", recons_loss, batch_size=size)
+        self.last_face_loss = float(loss - rec_loss)  # FACE's weighted terms alone
+        return loss
+
+    def validation_step(self, batch: SeqBatch, batch_idx: int) -> dict[str, Tensor]:
+        if self.full_ranking_val:
+            return CFPretrainModule.test_step(self, batch, batch_idx)  # without the reference's scores
+        return super().validation_step(batch, batch_idx)
+
+    def test_step(self, batch: SeqBatch, batch_idx: int) -> dict[str, Tensor]:
+        out = super().test_step(batch, batch_idx)
+        if batch.candidates is not None:
+            out["scores/backbone"] = self.reference.score(batch, batch.candidates)
+        out["full_scores/backbone"] = self.reference.score_all(batch)
+        return out
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(self.frozen_prefixes)]:
+            del state[key]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = [{"params": list(self.mapper.parameters()), "lr": self.cfg.lr, "weight_decay": 0.0}]
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        if backbone:
+            groups.append({"params": backbone, "lr": self.cfg.backbone_lr, "weight_decay": self.cfg.weight_decay})
+        return torch.optim.Adam(groups)
+
+    @torch.no_grad()
+    def describe(self, vectors: Tensor, batch_size: int = 256) -> Tensor:
+        """Descriptor indices ``[N, n]`` (rows of the mapper's codebook) of CF vectors ``[N, D]``."""
+        was_training = self.mapper.training
+        self.mapper.eval()
+        out = []
+        for begin in range(0, len(vectors), batch_size):
+            out.append(self.mapper.nearest(self.mapper.encode(vectors[begin : begin + batch_size].to(self.device))).cpu())
+        self.mapper.train(was_training)
+        return torch.cat(out)
+
+
+def interpretability_accuracy(
+    query: Tensor, titles: Tensor, targets: Tensor, num_candidates: int, seed: int
+) -> tuple[float, Tensor]:
+    """Accuracy@1 of picking each target among ``num_candidates`` items by text similarity.
+
+    ``query [B, d]``: the encoded descriptor words for each row; ``titles [N+1, d]``: encoded item
+    titles; ``targets [B]``: the items the descriptors belong to. Every row ranks its target against
+    ``num_candidates - 1`` distinct random other items (seeded); ties count against the target.
+    Returns ``(accuracy, candidates [B, C])``.
+    """
+    rng = np.random.default_rng(seed)
+    num_items = titles.shape[0] - 1
+    candidates = np.empty((len(targets), num_candidates), dtype=np.int64)
+    candidates[:, 0] = targets.numpy()
+    for row, target in enumerate(candidates[:, 0]):
+        picks: list[int] = []
+        while len(picks) < num_candidates - 1:
+            item = int(rng.integers(1, num_items + 1))
+            if item != target and item not in picks:
+                picks.append(item)
+        candidates[row, 1:] = picks
+    cands = torch.from_numpy(candidates)
+    sims = torch.einsum("bd,bcd->bc", F.normalize(query.float(), dim=-1), F.normalize(titles.float(), dim=-1)[cands])
+    correct = (sims[:, 1:] >= sims[:, :1]).sum(1) == 0
+    return float(correct.float().mean()), cands
+
+
+@torch.no_grad()
+def entity_vectors(backbone: Backbone, data: Any, max_len: int, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
+    """CF vectors of every user ``[U+1, D]`` (read from their training history) and item ``[N+1, D]``."""
+    from datamodules.datamodule import _gather_padded
+
+    was_training = backbone.training
+    backbone.eval()
+    device = next(backbone.parameters()).device
+    users = torch.arange(1, data.num_users + 1)
+    out = torch.zeros(data.num_users + 1, backbone.hidden_dim)
+    for begin in range(0, len(users), batch_size):
+        ids = users[begin : begin + batch_size]
+        n_train = data.train_length(ids)
+        recent = n_train.clamp(max=max_len)
+        item_seq = _gather_padded(data.seq_items, data.seq_offsets[ids] + n_train - recent, recent, left=True)
+        out[ids] = backbone.encode_user(SeqBatch(user_ids=ids, item_seq=item_seq).to(device)).float().cpu()
+    items = backbone.item_embeddings().detach().float().cpu()
+    backbone.train(was_training)
+    return out, items
+
+
+def user_texts(data: Any, history: int) -> list[str]:
+    """``[U+1]`` texts: the titles of each user's ``history`` most recent training items, oldest first."""
+    texts = [""]
+    n_train = data.train_length(torch.arange(data.num_users + 1))
+    for user in range(1, data.num_users + 1):
+        end = int(data.seq_offsets[user]) + int(n_train[user])
+        items = data.seq_items[max(int(data.seq_offsets[user]), end - history) : end].tolist()
+        texts.append("; ".join(" ".join(data.titles[i].split()) for i in items if data.titles[i]) or "No titles")
+    return texts
+
+
+def descriptors_csv(data: Any, item_words: list[list[str]], user_words: list[list[str]]) -> str:
+    """``descriptors.csv``: entity_type, internal_id, raw_id, title, words (space-separated, slot order)."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["entity_type", "internal_id", "raw_id", "title", "words"])
+    for item, words in enumerate(item_words, start=1):
+        writer.writerow(["item", item, data.item_raw[item], data.titles[item], " ".join(words)])
+    for user, words in enumerate(user_words, start=1):
+        writer.writerow(["user", user, data.user_raw[user], "", " ".join(words)])
+    return buffer.getvalue()

@@ -1,0 +1,153 @@
+"""FACE: shared word vocabulary, descriptor prompts through the frozen text encoder, the gradient
+bridge, the loss on synthetic data, and the ``face`` stage end to end (tiny offline models)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from aligners.descriptor_text import DescriptorBridge, DescriptorTextEncoder, shared_word_vocabulary
+from aligners.vq_descriptor import greedy_distinct_nearest
+from tests.conftest import WORDS, tiny_args
+
+USER_PROMPT = "the user likes the following words:"
+ITEM_PROMPT = "the product has the following words:"
+
+
+def _greedy_over_all(distances: torch.Tensor) -> torch.Tensor:
+    used = torch.zeros(distances.shape[0], distances.shape[2], dtype=torch.bool)
+    picks = []
+    for slot in range(distances.shape[1]):
+        pick = distances[:, slot].masked_fill(used, float("inf")).argmin(-1)
+        used[torch.arange(len(pick)), pick] = True
+        picks.append(pick)
+    return torch.stack(picks, 1)
+
+
+def test_greedy_over_nearest_candidates_equals_greedy_over_the_whole_codebook():
+    torch.manual_seed(0)
+    # few distinct values: slots often want the same tokens, which is where the shortcut could differ
+    distances = torch.randn(200, 6, 50).mul(1e3).round().div(1e3)
+    base = torch.randn(200, 1, 50)
+    distances = base + 0.05 * distances  # slots of one row agree on what is near
+    assert torch.equal(greedy_distinct_nearest(distances), _greedy_over_all(distances))
+
+
+def _sentence_model(path: Path):
+    from aligners.text_encoder import TextEncoderConfig, load_text_encoder
+
+    return load_text_encoder(TextEncoderConfig(name="tiny", name_or_path=str(path)))
+
+
+def test_shared_vocabulary_words_are_whole_tokens_of_both_models(tiny_word_llm_dir, tiny_sentence_encoder_dir):
+    from transformers import AutoTokenizer
+
+    llm_tok = AutoTokenizer.from_pretrained(tiny_word_llm_dir)
+    text_tok = _sentence_model(tiny_sentence_encoder_dir).model[0].tokenizer
+    llm_ids, text_ids, words = shared_word_vocabulary(llm_tok, text_tok, size=20000)
+    assert len(words) >= 20 and set(words) <= set(WORDS)
+    assert [llm_tok.decode([i]).strip() for i in llm_ids] == words
+    assert text_tok.convert_ids_to_tokens(text_ids) == words
+
+
+def test_descriptor_prompt_reads_like_the_sentence_encoder_on_the_same_text(tiny_sentence_encoder_dir):
+    encoder = _sentence_model(tiny_sentence_encoder_dir)
+    model = encoder.model
+    tok = model[0].tokenizer
+    text = DescriptorTextEncoder(model, USER_PROMPT, ITEM_PROMPT, dtype="float32")
+    rows = [["red", "soft", "hair"], ["blue", "nail", "oil"], ["pink", "lip", "gel"]]
+    ids = torch.tensor([tok.convert_tokens_to_ids(r) for r in rows])
+    embeds = text.model.get_input_embeddings().weight[ids]
+    is_user = torch.tensor([True, False, True])
+    got = text(embeds, is_user)
+    sentences = [f"{USER_PROMPT if u else ITEM_PROMPT} {', '.join(r)}" for r, u in zip(rows, is_user.tolist())]
+    expected = encoder.encode(sentences, batch_size=8)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_bridge_feeds_the_exact_word_and_passes_gradients_to_the_concepts():
+    torch.manual_seed(0)
+    llm_words, text_words = torch.randn(30, 12), torch.randn(30, 8)
+    bridge = DescriptorBridge(llm_words, text_words)
+    codebook_map = torch.nn.Linear(12, 6)
+    indices = torch.randint(0, 30, (4, 3))
+    quantized = torch.randn(4, 3, 6, requires_grad=True)
+    out = bridge(quantized, indices, codebook_map)
+    torch.testing.assert_close(out, text_words[indices])
+    (out * torch.randn_like(out)).sum().backward()
+    assert quantized.grad is not None and quantized.grad.abs().sum() > 0
+    assert codebook_map.weight.grad is None  # the map is trained by the codebook loss only
+
+
+def _face_args(tmp_path: Path, llm_dir: Path, st_dir: Path, *extra: str) -> list[str]:
+    return tiny_args(
+        tmp_path,
+        "sasrec",
+        f"llm.name_or_path={llm_dir}",
+        "llm.name=tiny",
+        "llm.gguf_file=''",
+        "llm.dtype=float32",
+        f"text_encoder.name_or_path={st_dir}",
+        "text_encoder.name=tiny",
+        "backbone.hidden_dim=16",
+        *extra,
+    )
+
+
+def _face_stage(tmp_path: Path, llm_dir: Path, st_dir: Path, *extra: str) -> list[str]:
+    return _face_args(
+        tmp_path, llm_dir, st_dir, "stage=face", "stage.num_words=4", "stage.word_dim=16", "stage.entities_per_step=16",
+        "stage.text_dtype=float32", *extra,
+    )
+
+
+@pytest.fixture
+def pretrained(tmp_path, tiny_word_llm_dir, tiny_sentence_encoder_dir):
+    from lightning_modules.run import main
+
+    assert main(_face_args(tmp_path, tiny_word_llm_dir, tiny_sentence_encoder_dir, "stage=cf_pretrain")) == 0
+    return tmp_path
+
+
+def test_face_loss_decreases_on_synthetic_data(pretrained, tiny_word_llm_dir, tiny_sentence_encoder_dir):
+    from lightning_modules.config import compose
+    from lightning_modules.run import build_face
+
+    cfg = compose(_face_stage(pretrained, tiny_word_llm_dir, tiny_sentence_encoder_dir, "stage.map_epochs=0", "stage.dropout=0.0"))
+    datamodule, module, _ = build_face(cfg)
+    assert module.aligning
+    batch = next(iter(datamodule.train_dataloader()))
+    optimizer = module.configure_optimizers()
+    torch.manual_seed(0)
+    losses = []
+    for _ in range(60):
+        loss = module.training_step(batch, 0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(module.last_face_loss)
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses[::10]
+
+
+def test_face_stage_writes_descriptors_and_metrics(pretrained, tiny_word_llm_dir, tiny_sentence_encoder_dir):
+    from lightning_modules.run import main
+
+    assert main(_face_stage(pretrained, tiny_word_llm_dir, tiny_sentence_encoder_dir, "stage.map_epochs=1")) == 0
+    run_dir = pretrained / "runs" / "synthetic" / "face" / "sasrec" / "tiny"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("test/full/ndcg@10", "test/backbone/full/ndcg@10", "test/backbone/ndcg@10",
+                "test/interpretability/acc@1", "test/interpretability_random/acc@1"):
+        assert metrics[key] is not None and 0.0 <= metrics[key] <= 1.0, key
+    with open(run_dir / "descriptors.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    items = [r for r in rows if r["entity_type"] == "item"]
+    users = [r for r in rows if r["entity_type"] == "user"]
+    assert len(items) == metrics["num_items"] and len(users) == metrics["num_users"]
+    assert items[0]["title"] and items[0]["raw_id"]
+    for row in rows:
+        words = row["words"].split()
+        assert len(words) == 4 == len(set(words)) and set(words) <= set(WORDS)
