@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from aligners.collab_text import CollabTextAligner
 from backbones.base import Backbone
 from datamodules.batch import SeqBatch
+from lightning_modules.frozen import FrozenParts
 
 
 @dataclass
@@ -53,7 +54,7 @@ class AlignStage1Config:
             raise ValueError("stage.item_recon_weight and stage.text_recon_weight must be >= 0")
 
 
-class CollabTextAlignModule(L.LightningModule):
+class CollabTextAlignModule(FrozenParts, L.LightningModule):
     """Wires the frozen backbone, the text encoder and :class:`CollabTextAligner`.
 
     ``item_texts[i]`` is item i's text (index 0 = padding). With a frozen encoder the text table
@@ -80,18 +81,11 @@ class CollabTextAlignModule(L.LightningModule):
         self.text_batch_size = text_batch_size
         # Frozen parts are not saved: the checkpoint holds what this stage trains.
         self.strict_loading = False
-        self.frozen_prefixes = ("backbone.",) + (() if cfg.train_text_encoder else ("text_encoder.",))
+        self.frozen = ("backbone",) + (() if cfg.train_text_encoder else ("text_encoder",))
         table = None
         if not cfg.train_text_encoder:
             table = text_encoder.encode(item_texts, text_batch_size, progress=True, desc="text embeddings")
         self.register_buffer("text_table", table, persistent=False)
-
-    def train(self, mode: bool = True) -> "CollabTextAlignModule":
-        super().train(mode)
-        self.backbone.eval()
-        if not self.cfg.train_text_encoder:
-            self.text_encoder.eval()
-        return self
 
     def _texts(self, items: Tensor) -> Tensor:
         if self.text_table is not None:
@@ -125,11 +119,6 @@ class CollabTextAlignModule(L.LightningModule):
 
     full_ranking_val = False
     full_ranking_test = False
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith(self.frozen_prefixes)]:
-            del state[key]
 
     def trained_state(self) -> dict[str, Any]:
         """What ``weights.pt`` holds: the aligner, and the text encoder when it was fine-tuned."""

@@ -43,6 +43,7 @@ from aligners.prompt import CANDIDATE_TOKEN, HISTORY_TOKEN, USER_TOKEN, PromptBu
 from backbones.base import Backbone
 from datamodules.batch import SeqBatch
 from datamodules.constants import PAD_ID
+from lightning_modules.frozen import FrozenParts
 
 VARIANTS = ("llm_only", "text_items")
 
@@ -95,7 +96,7 @@ def _split_cold_warm(out: dict[str, Any], prefix: str, scores: Tensor, cold: Ten
     out[f"scores/{prefix}warm"], out[f"mask/{prefix}warm"] = scores, ~cold
 
 
-class LLMProjectionModule(L.LightningModule):
+class LLMProjectionModule(FrozenParts, L.LightningModule):
     """Wires the frozen backbone, stage-1 item encoder and LLM to the trainable :class:`LLMProjector`.
 
     - ``item_latents [N+1, d']``: ``e_i`` of every item (frozen stage-1 encoder on the CF table).
@@ -135,6 +136,7 @@ class LLMProjectionModule(L.LightningModule):
         self.register_buffer("quote_counts", torch.tensor(prompts.quote_counts(vocab)), persistent=False)
         self.pad_id = prompts.eos_id
         self.strict_loading = False  # checkpoints hold the projectors only
+        self.frozen = ("backbone", "llm")
         if "text_items" in cfg.variants and text_latents is None:
             raise ValueError("stage.variants has text_items but the align_stage1 run has no text_latents.pt")
         self.val_ranking_sets: tuple[str, ...] = ()
@@ -151,12 +153,6 @@ class LLMProjectionModule(L.LightningModule):
 
     full_ranking_val = False
     full_ranking_test = False
-
-    def train(self, mode: bool = True) -> "LLMProjectionModule":
-        super().train(mode)
-        self.backbone.eval()
-        self.llm.eval()
-        return self
 
     # ----- prompt assembly -------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from aligners.vq_descriptor import VQDescriptorMapper
 from backbones.base import Backbone
 from datamodules.batch import SeqBatch
 from lightning_modules.cf_pretrain import CFPretrainModule
+from lightning_modules.frozen import FrozenParts
 
 
 @dataclass
@@ -82,7 +83,7 @@ class FACEConfig:
             raise ValueError(f"stage.monitor={self.monitor} needs stage.full_ranking_val=true")
 
 
-class FACEModule(CFPretrainModule):
+class FACEModule(FrozenParts, CFPretrainModule):
     """The backbone, FACE's mapper, the frozen text encoder and the entities' text embeddings.
 
     - ``mapper``: :class:`VQDescriptorMapper` over the LLM's word embeddings.
@@ -116,14 +117,8 @@ class FACEModule(CFPretrainModule):
         self.register_buffer("item_text", F.normalize(item_text.float(), dim=-1), persistent=False)
         self.seed = seed
         self.strict_loading = False  # checkpoints leave out the frozen parts (rebuilt from their sources)
-        self.frozen_prefixes = ("reference.", "text.")
+        self.frozen = ("reference", "text")
         self.select_from_epoch = cfg.map_epochs  # map-phase epochs have no aligned descriptors to keep
-
-    def train(self, mode: bool = True) -> "FACEModule":
-        super().train(mode)
-        self.reference.eval()
-        self.text.eval()
-        return self
 
     @property
     def aligning(self) -> bool:
@@ -174,11 +169,6 @@ class FACEModule(CFPretrainModule):
             out["scores/backbone"] = self.reference.score(batch, batch.candidates)
         out["full_scores/backbone"] = self.reference.score_all(batch)
         return out
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith(self.frozen_prefixes)]:
-            del state[key]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = [{"params": list(self.mapper.parameters()), "lr": self.cfg.lr, "weight_decay": 0.0}]
