@@ -14,7 +14,12 @@ codebook rows, ``explain(indices)`` turns them into strings.
 Deviations from the official code, each to keep entities apart under short training (measured on
 Beauty with SASRec: the official initialisation gave every item the same 16 words): the input is
 layer-normalised, each concept map is orthogonal on its own and the biases start at zero, and the
-codebook map starts from standardised embeddings (see ``_init_codebook_map``).
+codebook map starts from standardised embeddings (see ``_init_codebook_map``). With
+``lookup="cosine"`` (the default here; ``"euclidean"`` is the official code's) concepts and mapped
+codes are L2-normalised (scaled to norm ``sqrt(d_w)``) before the squared-L2 lookup, as in
+ViT-VQGAN's l2-normalised codes (Yu et al., ICLR 2022): under the official lookup a few
+small-norm codes become hubs and the codebook loss pulls every entity onto them (measured on
+Beauty, 600 items x 16 slots: 28 distinct words after 50 map steps; 5,600 with the cosine lookup).
 """
 
 from __future__ import annotations
@@ -102,8 +107,12 @@ class VQDescriptorMapper(nn.Module):
         num_words: int = 16,
         word_dim: int = 256,
         dropout: float = 0.1,
+        lookup: str = "cosine",
     ) -> None:
         super().__init__()
+        if lookup not in ("cosine", "euclidean"):
+            raise ValueError(f"lookup must be 'cosine' or 'euclidean', got {lookup!r}")
+        self.lookup = lookup
         if codebook.dim() != 2 or len(words) != codebook.shape[0]:
             raise ValueError(f"codebook must be [K, d_tok] with one word per row, got {tuple(codebook.shape)} and {len(words)} words")
         if num_words > len(words):
@@ -154,10 +163,14 @@ class VQDescriptorMapper(nn.Module):
         # the Transformer's biases, the same for every entity, would decide the concepts.
         x = F.layer_norm(x, x.shape[-1:])
         concepts = torch.einsum("nd,kdw->nkw", x, self.concept_weight) + self.concept_bias
-        return self.encoder(concepts)
+        return self._on_sphere(self.encoder(concepts))
+
+    def _on_sphere(self, z: Tensor) -> Tensor:
+        """``z`` itself (euclidean lookup) or scaled to norm ``sqrt(d_w)`` (cosine lookup)."""
+        return F.normalize(z, dim=-1) * self.word_dim**0.5 if self.lookup == "cosine" else z
 
     def mapped_codebook(self) -> Tensor:
-        return self.codebook_map(self.codebook)
+        return self._on_sphere(self.codebook_map(self.codebook))
 
     @torch.no_grad()
     def nearest(self, z_e: Tensor) -> Tensor:
@@ -169,7 +182,7 @@ class VQDescriptorMapper(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         z_e = self.encode(x)
         indices = self.nearest(z_e)
-        z_q = self.codebook_map(self.codebook[indices])  # only the chosen rows carry gradients to the map
+        z_q = self._on_sphere(self.codebook_map(self.codebook[indices]))  # only the chosen rows carry gradients to the map
         loss = CODEBOOK_WEIGHT * F.mse_loss(z_q, z_e.detach()) + COMMITMENT_WEIGHT * F.mse_loss(z_e, z_q.detach())
         quantized = z_e + (z_q - z_e).detach()  # straight-through
         return quantized, indices, loss

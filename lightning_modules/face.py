@@ -55,6 +55,7 @@ class FACEConfig:
     vocab_size: int = 20000  # (int) the most frequent words (wordfreq) a descriptor may be
     min_word_length: int = 2  # (int) shortest descriptor word
     dropout: float = 0.1  # (float) dropout of FACE's Transformer layers
+    lookup: str = "cosine"  # (str) nearest word by cosine | euclidean (official; collapses onto a few words)
     vq_weight: float = 1.0
     recons_weight: float = 1.0
     align_weight: float = 0.1
@@ -77,6 +78,8 @@ class FACEConfig:
                 raise ValueError(f"stage.{key} must be >= 1, got {getattr(self, key)}")
         if self.interpretability_candidates < 2:
             raise ValueError(f"stage.interpretability_candidates must be >= 2, got {self.interpretability_candidates}")
+        if self.lookup not in ("cosine", "euclidean"):
+            raise ValueError(f"stage.lookup must be cosine or euclidean, got {self.lookup!r}")
         if self.text_dtype not in ("bfloat16", "float32"):
             raise ValueError(f"stage.text_dtype must be bfloat16 or float32, got {self.text_dtype!r}")
         if self.monitor.startswith("val/full/") and not self.full_ranking_val:

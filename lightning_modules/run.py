@@ -393,7 +393,7 @@ def build_face(cfg: RunConfig, device: str | torch.device = "cpu") -> tuple[SeqD
     )
     log.info("FACE vocabulary: %d words (LLM %s, text encoder %s)", len(words), cfg.llm.name, cfg.text_encoder.name)
     codebook = llm_embeddings[llm_ids]
-    mapper = VQDescriptorMapper(backbone.hidden_dim, codebook, words, s.num_words, s.word_dim, s.dropout)
+    mapper = VQDescriptorMapper(backbone.hidden_dim, codebook, words, s.num_words, s.word_dim, s.dropout, s.lookup)
     text = DescriptorTextEncoder(sentence_model, s.user_prompt, s.item_prompt, s.text_dtype)
     bridge = DescriptorBridge(codebook, text.model.get_input_embeddings().weight[text_ids])
     text_encoder.to(device)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 from aligners.vq_descriptor import VQDescriptorMapper, greedy_distinct_nearest, word_vocabulary
 
@@ -35,13 +37,15 @@ def test_greedy_assignment_gives_each_slot_a_distinct_token():
     assert greedy_distinct_nearest(distances).tolist() == [[0, 1, 2]]
 
 
-def _mapper(num_words: int = 4, k: int = 30, d: int = 12) -> VQDescriptorMapper:
+def _mapper(num_words: int = 4, k: int = 30, d: int = 12, lookup: str = "cosine") -> VQDescriptorMapper:
     torch.manual_seed(0)
-    return VQDescriptorMapper(d, torch.randn(k, 10), [f"w{i}" for i in range(k)], num_words=num_words, word_dim=8, dropout=0.0)
+    words = [f"w{i}" for i in range(k)]
+    return VQDescriptorMapper(d, torch.randn(k, 10), words, num_words=num_words, word_dim=8, dropout=0.0, lookup=lookup)
 
 
-def test_quantiser_returns_the_nearest_allowed_token():
-    mapper = _mapper(num_words=1).eval()
+@pytest.mark.parametrize("lookup", ["cosine", "euclidean"])
+def test_quantiser_returns_the_nearest_allowed_token(lookup):
+    mapper = _mapper(num_words=1, lookup=lookup).eval()
     x = torch.randn(16, 12)
     quantized, indices, _ = mapper(x)
     z_e = mapper.encode(x)
@@ -49,6 +53,9 @@ def test_quantiser_returns_the_nearest_allowed_token():
     brute = torch.cdist(z_e[:, 0], codes).argmin(-1)
     assert torch.equal(indices[:, 0], brute)
     torch.testing.assert_close(quantized, codes[indices])  # forward value is the codebook row
+    if lookup == "cosine":  # the nearest by angle to the unnormalised map's rows
+        raw = mapper.codebook_map(mapper.codebook)
+        assert torch.equal(indices[:, 0], (F.normalize(z_e[:, 0], dim=-1) @ F.normalize(raw, dim=-1).T).argmax(-1))
 
 
 def test_straight_through_gradients_reach_the_encoder_and_the_input():
