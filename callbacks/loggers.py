@@ -57,3 +57,23 @@ def build_loggers(
             )
         )
     return loggers
+
+
+def log_run_results(loggers: list[Logger], metrics: dict, files: list[Path], artifact_name: str) -> None:
+    """For each W&B logger: the final metrics as run summary values and as a ``final_metrics`` table,
+    and the run's files (``metrics.json``, ``config.yaml``, ``descriptors.csv``, ...) as one
+    ``results`` artifact. Other loggers have nothing to do here."""
+    runs = [logger.experiment for logger in loggers if type(logger).__name__ == "WandbLogger"]
+    if not runs:
+        return
+    import wandb
+
+    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for run in runs:
+        run.summary.update(numeric)
+        run.log({"final_metrics": wandb.Table(columns=["metric", "value"], data=sorted(map(list, numeric.items())))})
+        artifact = wandb.Artifact(artifact_name, type="results", metadata={k: v for k, v in metrics.items() if not isinstance(v, float)})
+        for path in files:
+            if path.is_file():
+                artifact.add_file(str(path))
+        run.log_artifact(artifact)

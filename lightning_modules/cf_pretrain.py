@@ -12,6 +12,7 @@ from backbones.base import Backbone
 from backbones.losses import bce_loss, bpr_loss, chunked_softmax_loss, full_softmax_loss
 from datamodules.batch import SeqBatch
 from datamodules.constants import PAD_ID
+from lightning_modules.frozen import keep_sparse_buffers_local
 
 
 @dataclass
@@ -61,6 +62,9 @@ class CFPretrainModule(L.LightningModule):
         self.cfg = cfg
         self.loss_name = loss
         self.full_ranking_val = cfg.full_ranking_val
+
+    def setup(self, stage: str) -> None:
+        keep_sparse_buffers_local(self)
 
     def training_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
         loss, _ = self.backbone_loss(batch)

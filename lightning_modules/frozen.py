@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
+
+def keep_sparse_buffers_local(module: nn.Module) -> None:
+    """Tells DDP not to broadcast ``module``'s sparse buffers (LightGCN's adjacency): gloo and NCCL
+    cannot, and every rank builds the same one from the same data. Call it from ``setup``, which
+    runs before the strategy syncs module states."""
+    module._ddp_params_and_buffers_to_ignore = [name for name, buf in module.named_buffers() if buf.is_sparse]
+
 
 class FrozenParts:
     """Submodules named in ``frozen`` stay in eval mode while the module trains (no dropout), and
@@ -14,6 +23,10 @@ class FrozenParts:
     """
 
     frozen: tuple[str, ...] = ()
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        keep_sparse_buffers_local(self)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -34,7 +34,7 @@ from aligners.text_encoder import item_text, load_text_encoder
 from aligners.vq_descriptor import VQDescriptorMapper
 from backbones import BACKBONES, build_backbone
 from callbacks.artifacts import write_metrics_json, write_text, write_weights
-from callbacks.loggers import build_loggers
+from callbacks.loggers import build_loggers, log_run_results
 from callbacks.ranking import RankingMetricsCallback
 from callbacks.timing import TimingCallback
 from datamodules.cache import processed_dir
@@ -43,7 +43,7 @@ from lightning_modules.align_stage1 import CollabTextAlignModule
 from lightning_modules.align_stage2 import LLMProjectionModule
 from lightning_modules.artifacts import StageArtifactError, check_run_dir, load_backbone
 from lightning_modules.cf_pretrain import CFPretrainModule
-from lightning_modules.config import STAGE_GROUPS, RunConfig, compose, to_yaml
+from lightning_modules.config import LLM_STAGES, STAGE_GROUPS, RunConfig, compose, to_yaml
 from lightning_modules.face import (
     FACEModule,
     descriptors_csv,
@@ -198,6 +198,10 @@ def _fit_and_test(
     metrics["epochs"] = trainer.current_epoch if fit else 0
     if checkpoint is not None and checkpoint.best_model_score is not None:
         metrics[f"best_{monitor}"] = float(checkpoint.best_model_score)
+        # W&B sweeps rank runs by their summary: make it the tested checkpoint's value, not the last epoch's
+        for logger in trainer.loggers if trainer.is_global_zero else []:
+            if type(logger).__name__ == "WandbLogger":
+                logger.experiment.summary[monitor] = metrics[f"best_{monitor}"]
     return trainer, metrics
 
 
@@ -218,6 +222,9 @@ def _finish(cfg: RunConfig, trainer: L.Trainer, metrics: dict[str, Any], weights
         write_weights(cfg.run_dir / "weights.pt", weights)
         write_metrics_json(cfg.run_dir / "metrics.json", metrics)
         log.info("wrote %s", cfg.run_dir / "metrics.json")
+        files = [cfg.run_dir / name for name in ("metrics.json", "config.yaml", "descriptors.csv")]
+        name = "-".join((cfg.data.name, cfg.stage.name, cfg.backbone.name) + ((cfg.llm.name,) if cfg.stage.name in LLM_STAGES else ()))
+        log_run_results(trainer.loggers, metrics, files, name)
     return metrics
 
 
@@ -472,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         log.error("%s", err)
         return 2
+    sweep, run_id = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
+    if sweep and run_id and not cfg.paths.run_dir:  # a W&B sweep agent's trial: a run directory of its own
+        cfg.paths.run_dir = str(Path(cfg.paths.runs) / "sweeps" / sweep / run_id)
     try:
         metrics = run(cfg)
     except StageArtifactError as err:  # a missing earlier stage: say which command makes it
