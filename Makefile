@@ -40,7 +40,7 @@ S1_DONE = $(RUNS)/$(DATASET)/align_stage1/$(BACKBONE)/metrics.json
 S2_DONE = $(RUNS)/$(DATASET)/align_stage2/$(BACKBONE)/$(LLM)/metrics.json
 FACE_DONE = $(RUNS)/$(DATASET)/face/$(BACKBONE)/$(LLM)/metrics.json
 
-.PHONY: help install test test-full lint cf-pretrain align-stage1 align-stage2 face train-all sweep bench-cf bench-llm report smoke clean
+.PHONY: help install test test-full lint cf-pretrain align-stage1 align-stage2 face train-all sweep bench bench-cf bench-llm report smoke clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -96,6 +96,9 @@ sweep:  ## W&B sweep of SWEEP=<spec>: MODE=wandb (server; one agent per GPU, AGE
 train-all: $(S2_DONE) $(FACE_DONE)  ## every stage end to end (PROFILE=quick on a CPU); finished stages are skipped
 	$(PY) -m benchmarks.report $(RUNS)/$(DATASET) $(if $(filter wandb,$(LOGGER)),--wandb)
 	@echo "train-all: done; results in $(RUNS)/$(DATASET)/"
+
+bench: $(S1_DONE)  ## every stage: training samples/s (tokens/s for stage 2), eval users/s, peak memory -> benchmarks/results/<machine>.json
+	$(PY) -m benchmarks.bench $(RUN_ARGS) $(if $(MACHINE),--machine $(MACHINE))
 
 bench-cf:  ## seconds per epoch, evaluation seconds and peak memory of every backbone on DATASET
 	$(PY) -m benchmarks.bench_cf data=$(DATASET) seed=$(SEED) $(if $(DATA_DIR),data.data_dir=$(DATA_DIR)) $(ARGS)

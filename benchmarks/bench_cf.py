@@ -54,7 +54,7 @@ def _one(name: str, overrides: list[str], epochs: int) -> dict:
         callbacks=[RankingMetricsCallback(), timing],
     )
     loss = cfg.backbone.loss if backbone.trainable else "none"
-    result = {"backbone": name, "loss": loss, "train_positions": dm.train_data.num_positions}
+    result = {"backbone": name, "loss": loss, "train_positions": dm.train_data.num_positions, "test_users": len(dm.data.eval_users)}
     if backbone.trainable:
         trainer.fit(module, datamodule=dm)
         result["seconds_per_epoch"] = timing.summary()["seconds_per_epoch"]

@@ -64,6 +64,7 @@ def bench(overrides: list[str], steps: int, users: int) -> dict:
         "dtype": cfg.llm.dtype,
         "quantization": cfg.llm.quantization,
         "device": str(device),
+        "llm_parameters": sum(p.numel() for p in module.llm.parameters()),
         "train_batch_size": cfg.stage.batch_size,
         "train_samples_per_second": round(samples / seconds, 3),
         "train_tokens_per_second": round(tokens / seconds, 1),
