@@ -35,10 +35,19 @@ log = logging.getLogger("llmrec.sweep")
 ARG_MACROS = ("${args}", "${args_no_hyphens}", "${args_json}", "${args_no_boolean_flags}", "${args_no_equals}")
 
 
+def _sweeps():
+    """W&B's sweep engine, imported without its pydantic-v1 config-key warning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Valid config keys have changed in V2")
+        import sweeps
+    return sweeps
+
+
 def load_spec(path: str | Path) -> dict[str, Any]:
     """The sweep spec at ``path``, checked against W&B's schema (the ``sweeps`` package's)."""
-    import sweeps
-
+    sweeps = _sweeps()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no sweep spec at {path}; the examples are in conf/sweep/")
@@ -109,7 +118,7 @@ def summary_table(rows: list[dict[str, Any]], params: list[str], metric: str, go
 
 def run_local(spec: dict[str, Any], overrides: list[str], count: int, out: Path) -> list[dict[str, Any]]:
     """Up to ``count`` trials proposed by W&B's sweep engine; returns one row per trial."""
-    import sweeps
+    sweeps = _sweeps()
 
     metric, goal = spec["metric"]["name"], spec["metric"].get("goal", "minimize")
     command = with_overrides(spec["command"], overrides)

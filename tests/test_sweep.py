@@ -21,8 +21,9 @@ def test_there_are_specs_for_cf_pretrain_and_align_stage1():
 
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
 def test_specs_validate_against_wandb_schema(path: Path):
-    import sweeps
+    from lightning_modules.sweep import _sweeps
 
+    sweeps = _sweeps()
     spec = load_spec(path)  # raises on any schema violation
     assert sweeps.schema_violations_from_proposed_config(spec) == []
     assert spec["metric"] == {"name": "val/ndcg@10", "goal": "maximize"}
