@@ -53,13 +53,15 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_training(module, loader, steps: int, device) -> dict:
-    """Samples per second over ``steps`` optimiser steps after one warm-up step."""
+def time_training(module, loader, steps: int, device, tokens: bool = False) -> dict:
+    """Samples per second over ``steps`` optimiser steps after one warm-up step; with ``tokens``,
+    also tokens per second from the module's ``last_tokens`` (stage 2)."""
     optimizer = module.configure_optimizers()
     module.to(device).train()
     module.log = lambda *args, **kwargs: None  # no trainer attached
     batches = iter(loader)
-    samples, seconds = 0, 0.0
+    samples = n_tokens = 0
+    seconds = 0.0
     for step in range(steps + 1):
         try:
             batch = next(batches).to(device)
@@ -75,7 +77,11 @@ def time_training(module, loader, steps: int, device) -> dict:
         if step:
             seconds += time.perf_counter() - start
             samples += len(batch)
-    return {"train_steps": steps, "train_samples_per_second": round(samples / seconds, 3)}
+            n_tokens += module.last_tokens if tokens else 0
+    out = {"train_steps": steps, "train_samples_per_second": round(samples / seconds, 3)}
+    if tokens:
+        out["train_tokens_per_second"] = round(n_tokens / seconds, 1)
+    return out
 
 
 def time_evaluation(module, loader, device) -> dict:

@@ -15,18 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-
-def _peak_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from benchmarks.bench import _peak_mib, _sync, time_training
 
 
 def bench(overrides: list[str], steps: int, users: int) -> dict:
@@ -39,26 +34,7 @@ def bench(overrides: list[str], steps: int, users: int) -> dict:
     L.seed_everything(cfg.seed, verbose=False)
     device = _device(cfg)
     datamodule, module = build_align_stage2(cfg, device)
-    module.to(device)
-    optimizer = module.configure_optimizers()
-    module.train()
-    module.log = lambda *a, **k: None  # no trainer attached
-    batches = iter(datamodule.train_dataloader())
-    samples = tokens = 0
-    seconds = 0.0
-    for step in range(steps + 1):
-        batch = next(batches).to(device)
-        start = time.perf_counter()
-        loss = module.training_step(batch, step)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if step:  # step 0 warms up
-            seconds += time.perf_counter() - start
-            samples += len(batch)
-            tokens += module.last_tokens
+    timed = time_training(module, datamodule.train_dataloader(), steps, device, tokens=True)
     results = {
         "llm": cfg.llm.name,
         "dtype": cfg.llm.dtype,
@@ -66,9 +42,9 @@ def bench(overrides: list[str], steps: int, users: int) -> dict:
         "device": str(device),
         "llm_parameters": sum(p.numel() for p in module.llm.parameters()),
         "train_batch_size": cfg.stage.batch_size,
-        "train_samples_per_second": round(samples / seconds, 3),
-        "train_tokens_per_second": round(tokens / seconds, 1),
-        "train_peak_mib": round(_peak_mib(device)),
+        "train_samples_per_second": timed["train_samples_per_second"],
+        "train_tokens_per_second": timed["train_tokens_per_second"],
+        "train_peak_mib": _peak_mib(device),
     }
     module.eval()
     test = list(datamodule.test_dataloader())
@@ -82,13 +58,12 @@ def bench(overrides: list[str], steps: int, users: int) -> dict:
                     order = batch.candidates  # timing only: the prompt order does not matter
                     user = module.backbone.encode_user(batch).float()
                     module._evaluate(batch, order, variant, user, score=mode == "score", generate=mode == "generate")
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                _sync(device)
                 key = f"{'' if variant == 'main' else 'llm_only_'}{mode}_users_per_second"
                 results[key] = round(n_users / (time.perf_counter() - start), 3)
     results["eval_users"] = n_users
     results["eval_batch_size"] = cfg.stage.eval_batch_size
-    results["peak_mib"] = round(_peak_mib(device))
+    results["peak_mib"] = _peak_mib(device)
     return results
 
 

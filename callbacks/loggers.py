@@ -62,7 +62,10 @@ def build_loggers(
 def log_run_results(loggers: list[Logger], metrics: dict, files: list[Path], artifact_name: str) -> None:
     """For each W&B logger: the final metrics as run summary values and as a ``final_metrics`` table,
     and the run's files (``metrics.json``, ``config.yaml``, ``descriptors.csv``, ...) as one
-    ``results`` artifact. Other loggers have nothing to do here."""
+    ``results`` artifact. Other loggers have nothing to do here.
+
+    ``best_<metric>`` also becomes the summary value of ``<metric>``: W&B sweeps rank runs by their
+    summary, which should be the tested checkpoint's value, not the last epoch's."""
     runs = [logger.experiment for logger in loggers if type(logger).__name__ == "WandbLogger"]
     if not runs:
         return
@@ -71,6 +74,7 @@ def log_run_results(loggers: list[Logger], metrics: dict, files: list[Path], art
     numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     for run in runs:
         run.summary.update(numeric)
+        run.summary.update({k.removeprefix("best_"): v for k, v in numeric.items() if k.startswith("best_")})
         run.log({"final_metrics": wandb.Table(columns=["metric", "value"], data=sorted(map(list, numeric.items())))})
         artifact = wandb.Artifact(artifact_name, type="results", metadata={k: v for k, v in metrics.items() if not isinstance(v, float)})
         for path in files:

@@ -198,10 +198,6 @@ def _fit_and_test(
     metrics["epochs"] = trainer.current_epoch if fit else 0
     if checkpoint is not None and checkpoint.best_model_score is not None:
         metrics[f"best_{monitor}"] = float(checkpoint.best_model_score)
-        # W&B sweeps rank runs by their summary: make it the tested checkpoint's value, not the last epoch's
-        for logger in trainer.loggers if trainer.is_global_zero else []:
-            if type(logger).__name__ == "WandbLogger":
-                logger.experiment.summary[monitor] = metrics[f"best_{monitor}"]
     return trainer, metrics
 
 

@@ -81,6 +81,11 @@ def trial_command(command: list[str], params: dict[str, Any], program: str | Non
     return out
 
 
+def agent_env(**extra: str) -> dict[str, str]:
+    """This environment with this interpreter's folder first on PATH (a spec's ``python`` is ours)."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+
+
 def trial_score(run_dir: Path, metric: str) -> float | None:
     """The trial's best ``metric``: ``best_<metric>`` of its metrics.json (the tested checkpoint's
     value when ``stage.monitor`` is the metric), else the best epoch in its CSV log."""
@@ -122,8 +127,7 @@ def run_local(spec: dict[str, Any], overrides: list[str], count: int, out: Path)
 
     metric, goal = spec["metric"]["name"], spec["metric"].get("goal", "minimize")
     command = with_overrides(spec["command"], overrides)
-    env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env = agent_env(WANDB_MODE=os.environ.get("WANDB_MODE", "offline"))
     out.mkdir(parents=True, exist_ok=True)
     done: list[sweeps.SweepRun] = []
     rows: list[dict[str, Any]] = []
@@ -173,7 +177,7 @@ def run_wandb(spec: dict[str, Any], overrides: list[str], count: int | None, age
     sweep_id = wandb.sweep(spec, project=project, entity=entity or None)
     path = "/".join(p for p in (entity, project, sweep_id) if p)
     gpus = visible_gpus()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = agent_env()
     agent = [sys.executable, "-m", "wandb", "agent", *(["--count", str(count)] if count else []), path]
     procs = [subprocess.Popen(agent, env={**env, "CUDA_VISIBLE_DEVICES": g}) for g in gpus] or [
         subprocess.Popen(agent, env=env) for _ in range(agents)
