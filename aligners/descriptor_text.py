@@ -143,3 +143,18 @@ def info_nce(queries: Tensor, keys: Tensor, temperature: float) -> Tensor:
     """One-directional InfoNCE: row ``i`` of ``queries [N, d]`` should pick row ``i`` of ``keys [N, d]``."""
     logits = queries @ keys.T / temperature
     return F.cross_entropy(logits, torch.arange(len(queries), device=queries.device))
+
+
+def relaxed_word_text(weights: Tensor, near: Tensor, indices: Tensor, word_text: Tensor) -> Tensor:
+    """The descriptors' sentence embedding approximated by their words' own embeddings ``[N, d]``.
+
+    Value: ``normalize(sum_j word_text[indices[:, j]])``, the chosen words' single-word text
+    embeddings (``word_text [K, d]``); gradients: through ``sum_j sum_m weights[:, j, m]
+    word_text[near[:, j, m]]``, each slot's soft assignment ``weights [N, n, M]`` over its ``M``
+    nearest words ``near [N, n, M]`` (straight-through, as a Gumbel-softmax without noise).
+    """
+    hard = word_text[indices].sum(1)
+    dense = torch.zeros(len(indices), len(word_text), dtype=weights.dtype, device=weights.device)
+    soft = dense.scatter_add(1, near.flatten(1), weights.flatten(1)) @ word_text.to(weights.dtype)
+    return F.normalize(hard + soft - soft.detach(), dim=-1)
+

@@ -173,19 +173,39 @@ class VQDescriptorMapper(nn.Module):
         return self._on_sphere(self.codebook_map(self.codebook))
 
     @torch.no_grad()
-    def nearest(self, z_e: Tensor) -> Tensor:
-        """Distinct nearest codebook rows ``[N, n]`` of concepts ``z_e [N, n, d_w]`` (squared L2)."""
+    def search(self, z_e: Tensor, neighbours: int = 0) -> tuple[Tensor, Tensor | None]:
+        """Distinct nearest codebook rows ``[N, n]`` of concepts ``z_e [N, n, d_w]`` (squared L2) and,
+        with ``neighbours > 0``, each slot's ``neighbours`` nearest rows ``[N, n, neighbours]``."""
         codes = self.mapped_codebook()
         distances = z_e.pow(2).sum(-1, keepdim=True) - 2 * z_e @ codes.T + codes.pow(2).sum(-1)
-        return greedy_distinct_nearest(distances)
+        near = distances.topk(min(neighbours, len(codes)), dim=-1, largest=False).indices if neighbours > 0 else None
+        return greedy_distinct_nearest(distances), near
+
+    def nearest(self, z_e: Tensor) -> Tensor:
+        """Distinct nearest codebook rows ``[N, n]`` of concepts ``z_e [N, n, d_w]`` (squared L2)."""
+        return self.search(z_e)[0]
+
+    def quantize(self, z_e: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """``(quantized, vq_loss)`` of concepts ``z_e`` assigned to codebook rows ``indices``."""
+        z_q = self._on_sphere(self.codebook_map(self.codebook[indices]))  # only the chosen rows carry gradients to the map
+        loss = CODEBOOK_WEIGHT * F.mse_loss(z_q, z_e.detach()) + COMMITMENT_WEIGHT * F.mse_loss(z_e, z_q.detach())
+        return z_e + (z_q - z_e).detach(), loss  # straight-through
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         z_e = self.encode(x)
         indices = self.nearest(z_e)
-        z_q = self._on_sphere(self.codebook_map(self.codebook[indices]))  # only the chosen rows carry gradients to the map
-        loss = CODEBOOK_WEIGHT * F.mse_loss(z_q, z_e.detach()) + COMMITMENT_WEIGHT * F.mse_loss(z_e, z_q.detach())
-        quantized = z_e + (z_q - z_e).detach()  # straight-through
+        quantized, loss = self.quantize(z_e, indices)
         return quantized, indices, loss
+
+    def relaxed(self, z_e: Tensor, near: Tensor, temperature: float) -> Tensor:
+        """Soft assignment ``[N, n, M]`` of each concept over its ``M`` nearest rows ``near``:
+        softmax of ``-squared distance / (2 d_w temperature)``, which under the cosine lookup is
+        ``cosine / temperature`` (plus a constant). Gradients reach the concepts and the codebook map."""
+        codes = self.mapped_codebook()
+        near_codes = codes[near]  # [N, n, M, d_w]
+        dots = (near_codes @ z_e.unsqueeze(-1)).squeeze(-1)
+        distances = z_e.pow(2).sum(-1, keepdim=True) - 2 * dots + codes.pow(2).sum(-1)[near]
+        return (-distances / (2 * self.word_dim * temperature)).softmax(-1)
 
     def reconstruct(self, quantized: Tensor) -> Tensor:
         return self.out(self.decoder(quantized).flatten(1))

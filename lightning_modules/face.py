@@ -2,14 +2,25 @@
 
 Every step adds FACE's losses to the backbone's own loss (reference ``face.md`` section 4):
 
-    L = L_backbone + vq_weight * L_Q + recons_weight * L_rec + align_weight * L_align
+    L = L_backbone + vq_weight * L_Q + recons_weight * L_rec
+        + align_weight * L_align + word_align_weight * L_word
 
 over the step's entities: the batch's first ``entities_per_step`` users, their positive items and
-as many uniformly random items (the official code's users, positives and negatives). The
-backbone keeps training at ``backbone_lr`` (the official lr / 10) and receives FACE's gradients
-through its embeddings. The first ``map_epochs`` epochs are the map phase (``L_align = 0``), the
-rest the align phase. Recommendation still uses the backbone's own embeddings; the descriptors
-are a by-product for reading and for LLMs.
+as many uniformly random items (the official code's users, positives and negatives).
+
+- ``L_align`` (official): the descriptor words in a prompt, read by the frozen text encoder, InfoNCE
+  against the entities' text. The encoder reads the first ``encoder_entities_per_step`` users with
+  their two items (it is most of a step's cost).
+- ``L_word`` (not in the official code; ``word_align_weight=0`` turns it off): the same InfoNCE with
+  the descriptor sentence approximated by the sum of its words' own text embeddings, relaxed over
+  each slot's nearest words, on every entity of the step. Its gradient reaches the concepts and the
+  codebook map through the soft word choice; the official loss's only reaches them straight
+  through the encoder's input embeddings, and alone left the descriptors at chance on Beauty.
+
+The backbone keeps training at ``backbone_lr`` (the official lr / 10) and receives FACE's gradients
+through its embeddings. The first ``map_epochs`` epochs are the map phase (no alignment terms), the
+rest the align phase. Recommendation still uses the backbone's own embeddings; the descriptors are a
+by-product for reading and for LLMs.
 
 Test outputs: the trained backbone (``test/*``) and, on the same users and candidates, the
 backbone as it came from ``cf_pretrain`` (``test/backbone/*``).
@@ -26,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from aligners.descriptor_text import DescriptorBridge, DescriptorTextEncoder, info_nce
+from aligners.descriptor_text import DescriptorBridge, DescriptorTextEncoder, info_nce, relaxed_word_text
 from aligners.vq_descriptor import VQDescriptorMapper
 from backbones.base import Backbone
 from datamodules.batch import SeqBatch
@@ -43,10 +54,10 @@ class FACEConfig:
     lr: float = 1e-3  # (float) Adam lr of the FACE modules
     backbone_lr: float = 1e-4  # (float) Adam lr of the backbone (lr / 10)
     weight_decay: float = 0.0  # (float) Adam weight decay of the backbone
-    max_epochs: int = 6  # (int) map + align epochs
+    max_epochs: int = 10  # (int) map + align epochs
     map_epochs: int = 1  # (int) epochs without the alignment loss first
     patience: int = 0  # (int) early stopping on the monitor (0 = off)
-    monitor: str = "val/full/ndcg@10"  # (str) picks the tested checkpoint among align-phase epochs
+    monitor: str = ""  # (str) picks the tested align-phase epoch; "" = the last
     full_ranking_val: bool = True  # (bool) rank the whole catalogue at validation
     ce_compute_dtype: str = "bfloat16"  # (str) matmul dtype of the backbone's chunked softmax loss
     ce_chunk: int = 256  # (int) rows of logits per chunk of that loss
@@ -58,9 +69,14 @@ class FACEConfig:
     lookup: str = "cosine"  # (str) nearest word by cosine | euclidean (official; collapses onto a few words)
     vq_weight: float = 1.0
     recons_weight: float = 1.0
-    align_weight: float = 0.1
+    align_weight: float = 0.0  # (float) the official alignment (0.1 there); see conf/stage/face.yaml
     temperature: float = 0.02  # (float) InfoNCE temperature
-    entities_per_step: int = 64  # (int) users per step, with as many positive and random items
+    word_align_weight: float = 1.0  # (float) relaxed word-level alignment (not in the official code; 0 = off)
+    word_neighbours: int = 64  # (int) nearest words per slot in its soft assignment
+    word_temperature: float = 0.05  # (float) soft assignment: softmax of cosine / this
+    word_align_temperature: float = 0.05  # (float) InfoNCE temperature of the word-level alignment
+    entities_per_step: int = 128  # (int) users per step, with as many positive and random items (FACE's losses)
+    encoder_entities_per_step: int = 64  # (int) of those users, how many (with their items) the text encoder reads
     user_prompt: str = "The user and his likes can be described as the following words:"
     item_prompt: str = "The product attracts those who can be described as the following words:"
     user_history: int = 20  # (int) most recent training titles that make a user's text
@@ -70,18 +86,23 @@ class FACEConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.map_epochs <= self.max_epochs:
             raise ValueError(f"stage.map_epochs must be in [0, stage.max_epochs={self.max_epochs}], got {self.map_epochs}")
-        for key in ("lr", "backbone_lr", "temperature"):
+        for key in ("lr", "backbone_lr", "temperature", "word_temperature", "word_align_temperature"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"stage.{key} must be > 0, got {getattr(self, key)}")
-        for key in ("num_words", "word_dim", "entities_per_step", "user_history", "vocab_size"):
+        for key in ("num_words", "word_dim", "entities_per_step", "user_history", "vocab_size", "word_neighbours",
+                    "encoder_entities_per_step"):
             if getattr(self, key) < 1:
                 raise ValueError(f"stage.{key} must be >= 1, got {getattr(self, key)}")
+        if self.word_align_weight < 0:
+            raise ValueError(f"stage.word_align_weight must be >= 0, got {self.word_align_weight}")
         if self.interpretability_candidates < 2:
             raise ValueError(f"stage.interpretability_candidates must be >= 2, got {self.interpretability_candidates}")
         if self.lookup not in ("cosine", "euclidean"):
             raise ValueError(f"stage.lookup must be cosine or euclidean, got {self.lookup!r}")
         if self.text_dtype not in ("bfloat16", "float32"):
             raise ValueError(f"stage.text_dtype must be bfloat16 or float32, got {self.text_dtype!r}")
+        if self.patience and not self.monitor:
+            raise ValueError(f"stage.patience={self.patience} needs a stage.monitor to stop on")
         if self.monitor.startswith("val/full/") and not self.full_ranking_val:
             raise ValueError(f"stage.monitor={self.monitor} needs stage.full_ranking_val=true")
 
@@ -108,6 +129,7 @@ class FACEModule(FrozenParts, CFPretrainModule):
         text: DescriptorTextEncoder,
         user_text: Tensor,
         item_text: Tensor,
+        word_text: Tensor | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__(backbone, cfg, loss=loss)
@@ -118,6 +140,11 @@ class FACEModule(FrozenParts, CFPretrainModule):
         self.text = text
         self.register_buffer("user_text", F.normalize(user_text.float(), dim=-1), persistent=False)
         self.register_buffer("item_text", F.normalize(item_text.float(), dim=-1), persistent=False)
+        if cfg.word_align_weight > 0 and word_text is None:
+            raise ValueError("stage.word_align_weight > 0 needs the text embedding of every vocabulary word (word_text)")
+        if word_text is not None and len(word_text) != len(mapper.words):
+            raise ValueError(f"word_text has {len(word_text)} rows for {len(mapper.words)} vocabulary words")
+        self.register_buffer("word_text", None if word_text is None else F.normalize(word_text.float(), dim=-1), persistent=False)
         self.seed = seed
         self.strict_loading = False  # checkpoints leave out the frozen parts (rebuilt from their sources)
         self.frozen = ("reference", "text")
@@ -140,25 +167,35 @@ class FACEModule(FrozenParts, CFPretrainModule):
         if users is None:
             users = self.backbone.encode_user(batch)
         x = torch.cat([users[:k], self.backbone.item_embeddings(items)])
-        quantized, indices, vq_loss = self.mapper(x)
+        z_e = self.mapper.encode(x)
+        relax = self.aligning and self.cfg.word_align_weight > 0
+        indices, near = self.mapper.search(z_e, self.cfg.word_neighbours if relax else 0)
+        quantized, vq_loss = self.mapper.quantize(z_e, indices)
         recons_loss = F.mse_loss(self.mapper.reconstruct(quantized), x.detach())
         loss = rec_loss + self.cfg.vq_weight * vq_loss + self.cfg.recons_weight * recons_loss
         size = len(x)
-        if self.aligning:
-            is_user = torch.arange(size, device=x.device) < k
-            described = self.text(self.bridge(quantized, indices, self.mapper.codebook_map), is_user)
-            targets = torch.cat([self.user_text[user_ids], self.item_text[items]])
-            align_loss = info_nce(described, targets, self.cfg.temperature)
+        targets = torch.cat([self.user_text[user_ids], self.item_text[items]]) if self.aligning else None
+        if self.aligning and self.cfg.align_weight > 0:
+            # the text encoder reads the first j users, their positives and j random items
+            j = min(self.cfg.encoder_entities_per_step, k)
+            read = torch.cat([torch.arange(j), k + torch.arange(j), 2 * k + torch.arange(j)]).to(x.device)
+            described = self.text(self.bridge(quantized[read], indices[read], self.mapper.codebook_map), read < k)
+            align_loss = info_nce(described, targets[read], self.cfg.temperature)
             loss = loss + self.cfg.align_weight * align_loss
             with torch.no_grad():
-                accuracy = ((described @ targets.T).argmax(-1) == torch.arange(size, device=x.device)).float().mean()
-            self.log("train/loss_align", align_loss, batch_size=size)
-            self.log("train/align_acc", accuracy, prog_bar=True, batch_size=size)
+                accuracy = ((described @ targets[read].T).argmax(-1) == torch.arange(len(read), device=x.device)).float().mean()
+            self.log("train/loss_align", align_loss, batch_size=len(read))
+            self.log("train/align_acc", accuracy, prog_bar=True, batch_size=len(read))
+        if relax:
+            weights = self.mapper.relaxed(z_e, near, self.cfg.word_temperature)
+            word_loss = info_nce(relaxed_word_text(weights, near, indices, self.word_text), targets, self.cfg.word_align_temperature)
+            loss = loss + self.cfg.word_align_weight * word_loss
+            self.log("train/loss_word_align", word_loss, batch_size=size)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/loss_backbone", rec_loss, batch_size=size)
         self.log("train/loss_vq", vq_loss, batch_size=size)
         self.log("train/loss_recons", recons_loss, batch_size=size)
-        self.last_face_loss = float(loss - rec_loss)  # FACE's weighted terms alone
+        self.last_face_loss = float((loss - rec_loss).detach())  # FACE's weighted terms alone
         return loss
 
     def validation_step(self, batch: SeqBatch, batch_idx: int) -> dict[str, Tensor]:

@@ -166,9 +166,12 @@ def _fit_and_test(
     trainable: bool = True,
     validate: bool = True,
 ) -> tuple[L.Trainer, dict[str, Any]]:
-    """Fit (keeping the best epoch by ``monitor`` when validating, else the last), test it, and return
-    the trainer with the flat metrics: ``test/*``, timing, ``epochs`` and ``best_<monitor>``."""
+    """Fit (keeping the best epoch by ``monitor`` when validating and ``monitor`` is set, else the last),
+    test it, and return the trainer with the flat metrics: ``test/*``, timing, ``epochs`` and
+    ``best_<monitor>``."""
     run_dir = cfg.run_dir
+    if patience and validate and not monitor:
+        raise ValueError(f"stage.patience={patience} needs a stage.monitor to stop on")
     timing = TimingCallback()
     callbacks: list[L.Callback] = [RankingMetricsCallback(), timing]
     checkpoint = None
@@ -179,7 +182,7 @@ def _fit_and_test(
             first_epoch=getattr(module, "select_from_epoch", 0),
             dirpath=run_dir / "checkpoints",
             filename="best",
-            monitor=monitor if validate else None,
+            monitor=(monitor or None) if validate else None,
             mode="max",
             save_last=True,
         )
@@ -196,7 +199,7 @@ def _fit_and_test(
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     metrics.update(timing.summary())
     metrics["epochs"] = trainer.current_epoch if fit else 0
-    if checkpoint is not None and checkpoint.best_model_score is not None:
+    if monitor and checkpoint is not None and checkpoint.best_model_score is not None:
         metrics[f"best_{monitor}"] = float(checkpoint.best_model_score)
     return trainer, metrics
 
@@ -404,7 +407,8 @@ def build_face(cfg: RunConfig, device: str | torch.device = "cpu") -> tuple[SeqD
     texts = [item_text(t, d) for t, d in zip(data.titles, data.descriptions)]
     items = _encode(text_encoder, texts, batch, s.text_dtype, "item texts", cache)
     users = _encode(text_encoder, user_texts(data, s.user_history), batch, s.text_dtype, "user texts", cache)
-    module = FACEModule(backbone, s, loss, mapper, bridge, text, users, items, seed=cfg.seed)
+    word_text = _encode(text_encoder, words, batch, s.text_dtype, "words", cache) if s.word_align_weight > 0 else None
+    module = FACEModule(backbone, s, loss, mapper, bridge, text, users, items, word_text, seed=cfg.seed)
     return datamodule, module, text_encoder
 
 

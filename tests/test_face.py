@@ -117,20 +117,23 @@ def test_face_loss_decreases_on_synthetic_data(pretrained, tiny_word_llm_dir, ti
     from lightning_modules.config import compose
     from lightning_modules.run import build_face
 
-    cfg = compose(_face_stage(pretrained, tiny_word_llm_dir, tiny_sentence_encoder_dir, "stage.map_epochs=0", "stage.dropout=0.0"))
+    cfg = compose(_face_stage(pretrained, tiny_word_llm_dir, tiny_sentence_encoder_dir, "stage.map_epochs=0", "stage.dropout=0.0",
+                                   "stage.align_weight=0.1",  # the official alignment next to the word-level one
+                                   "stage.encoder_entities_per_step=8"))  # the text encoder reads 8 of the 16 users' triples
     datamodule, module, _ = build_face(cfg)
     assert module.aligning
     batch = next(iter(datamodule.train_dataloader()))
     optimizer = module.configure_optimizers()
     torch.manual_seed(0)
     losses = []
-    for _ in range(60):
+    for _ in range(100):
         loss = module.training_step(batch, 0)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(module.last_face_loss)
-    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses[::10]
+    # the two InfoNCE terms keep a floor near ln(48) on one fixed batch of 48 entities
+    assert sum(losses[-5:]) / 5 < 0.85 * sum(losses[:5]) / 5, losses[::10]
 
 
 def test_face_stage_writes_descriptors_and_metrics(pretrained, tiny_word_llm_dir, tiny_sentence_encoder_dir):

@@ -99,3 +99,26 @@ def test_small_inputs_and_an_offset_codebook_do_not_give_every_entity_the_same_w
     mapper = VQDescriptorMapper(16, codebook, [f"w{i}" for i in range(500)], num_words=4, word_dim=8, dropout=0.0).eval()
     _, indices, _ = mapper(0.01 * torch.randn(50, 16))
     assert len({tuple(sorted(row)) for row in indices.tolist()}) > 40
+
+
+def test_relaxed_words_keep_the_chosen_words_and_carry_gradients_to_the_mapper():
+    from aligners.descriptor_text import relaxed_word_text
+
+    mapper = _mapper(num_words=3, k=30)
+    x = torch.randn(5, 12)
+    z_e = mapper.encode(x)
+    indices, near = mapper.search(z_e, neighbours=6)
+    assert near.shape == (5, 3, 6)
+    codes = mapper.mapped_codebook()
+    brute = torch.cdist(z_e.detach(), codes.detach().expand(5, -1, -1)).topk(6, largest=False).indices
+    assert torch.equal(near, brute)
+    weights = mapper.relaxed(z_e, near, temperature=0.1)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(5, 3))
+    # cosine lookup: the soft assignment is softmax(cosine / temperature) over the neighbours
+    cos = F.normalize(z_e, dim=-1).unsqueeze(2).mul(F.normalize(codes[near], dim=-1)).sum(-1)
+    torch.testing.assert_close(weights, (cos / 0.1).softmax(-1))
+    word_text = F.normalize(torch.randn(30, 7), dim=-1)
+    out = relaxed_word_text(weights, near, indices, word_text)
+    torch.testing.assert_close(out, F.normalize(word_text[indices].sum(1), dim=-1))  # value: the chosen words
+    (out @ torch.randn(7)).sum().backward()
+    assert mapper.concept_weight.grad.abs().sum() > 0 and mapper.codebook_map.weight.grad.abs().sum() > 0
