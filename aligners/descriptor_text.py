@@ -139,9 +139,14 @@ class DescriptorTextEncoder(nn.Module):
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
 
-def info_nce(queries: Tensor, keys: Tensor, temperature: float) -> Tensor:
-    """One-directional InfoNCE: row ``i`` of ``queries [N, d]`` should pick row ``i`` of ``keys [N, d]``."""
+def info_nce(queries: Tensor, keys: Tensor, temperature: float, groups: Tensor | None = None) -> Tensor:
+    """One-directional InfoNCE: row ``i`` of ``queries [N, d]`` should pick row ``i`` of ``keys [N, d]``.
+
+    With ``groups [N]``, row ``i`` picks among the keys of its own group only (users among users,
+    items among items)."""
     logits = queries @ keys.T / temperature
+    if groups is not None:
+        logits = logits.masked_fill(groups.unsqueeze(1) != groups.unsqueeze(0), float("-inf"))
     return F.cross_entropy(logits, torch.arange(len(queries), device=queries.device))
 
 
@@ -157,4 +162,3 @@ def relaxed_word_text(weights: Tensor, near: Tensor, indices: Tensor, word_text:
     dense = torch.zeros(len(indices), len(word_text), dtype=weights.dtype, device=weights.device)
     soft = dense.scatter_add(1, near.flatten(1), weights.flatten(1)) @ word_text.to(weights.dtype)
     return F.normalize(hard + soft - soft.detach(), dim=-1)
-

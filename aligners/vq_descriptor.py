@@ -80,8 +80,14 @@ def greedy_distinct_nearest(distances: Tensor) -> Tensor:
     if n_slots > k:
         raise ValueError(f"cannot pick {n_slots} distinct tokens from a codebook of {k}")
     near_dist, near_ids = distances.topk(n_slots, dim=-1, largest=False)  # ascending
-    picks = []
-    for slot in range(n_slots):
+    return greedy_distinct(near_ids, near_dist)
+
+
+def greedy_distinct(near_ids: Tensor, near_dist: Tensor) -> Tensor:
+    """The greedy pass of :func:`greedy_distinct_nearest` over each slot's ``n`` nearest tokens
+    ``near_ids [N, n, n]``, ascending by ``near_dist``."""
+    picks: list[Tensor] = []
+    for slot in range(near_ids.shape[1]):
         ids, dist = near_ids[:, slot], near_dist[:, slot]
         if picks:
             taken = (ids.unsqueeze(-1) == torch.stack(picks, dim=1).unsqueeze(1)).any(-1)
@@ -177,9 +183,14 @@ class VQDescriptorMapper(nn.Module):
         """Distinct nearest codebook rows ``[N, n]`` of concepts ``z_e [N, n, d_w]`` (squared L2) and,
         with ``neighbours > 0``, each slot's ``neighbours`` nearest rows ``[N, n, neighbours]``."""
         codes = self.mapped_codebook()
-        distances = z_e.pow(2).sum(-1, keepdim=True) - 2 * z_e @ codes.T + codes.pow(2).sum(-1)
-        near = distances.topk(min(neighbours, len(codes)), dim=-1, largest=False).indices if neighbours > 0 else None
-        return greedy_distinct_nearest(distances), near
+        if self.lookup == "cosine":  # concepts and codes share one norm: the nearest have the largest dot product
+            distances = -(z_e @ codes.T)
+        else:
+            distances = z_e.pow(2).sum(-1, keepdim=True) - 2 * z_e @ codes.T + codes.pow(2).sum(-1)
+        n = self.num_words
+        # one top-k serves both: a slot's n nearest (the greedy pass) are the first n of its M nearest
+        near_dist, near = distances.topk(min(max(neighbours, n), len(codes)), dim=-1, largest=False)
+        return greedy_distinct(near[..., :n], near_dist[..., :n]), (near[..., :neighbours] if neighbours > 0 else None)
 
     def nearest(self, z_e: Tensor) -> Tensor:
         """Distinct nearest codebook rows ``[N, n]`` of concepts ``z_e [N, n, d_w]`` (squared L2)."""
@@ -202,7 +213,7 @@ class VQDescriptorMapper(nn.Module):
         softmax of ``-squared distance / (2 d_w temperature)``, which under the cosine lookup is
         ``cosine / temperature`` (plus a constant). Gradients reach the concepts and the codebook map."""
         codes = self.mapped_codebook()
-        near_codes = codes[near]  # [N, n, M, d_w]
+        near_codes = F.embedding(near, codes)  # [N, n, M, d_w]; its backward is 2x faster than indexing's
         dots = (near_codes @ z_e.unsqueeze(-1)).squeeze(-1)
         distances = z_e.pow(2).sum(-1, keepdim=True) - 2 * dots + codes.pow(2).sum(-1)[near]
         return (-distances / (2 * self.word_dim * temperature)).softmax(-1)

@@ -13,7 +13,8 @@ as many uniformly random items (the official code's users, positives and negativ
   their two items (it is most of a step's cost).
 - ``L_word`` (not in the official code; ``word_align_weight=0`` turns it off): the same InfoNCE with
   the descriptor sentence approximated by the sum of its words' own text embeddings, relaxed over
-  each slot's nearest words, on every entity of the step. Its gradient reaches the concepts and the
+  each slot's nearest words, on every entity of the step, items against items and users against
+  users (``word_align_by_type``). Its gradient reaches the concepts and the
   codebook map through the soft word choice; the official loss's only reaches them straight
   through the encoder's input embeddings, and alone left the descriptors at chance on Beauty.
 
@@ -54,7 +55,7 @@ class FACEConfig:
     lr: float = 1e-3  # (float) Adam lr of the FACE modules
     backbone_lr: float = 1e-4  # (float) Adam lr of the backbone (lr / 10)
     weight_decay: float = 0.0  # (float) Adam weight decay of the backbone
-    max_epochs: int = 10  # (int) map + align epochs
+    max_epochs: int = 15  # (int) map + align epochs
     map_epochs: int = 1  # (int) epochs without the alignment loss first
     patience: int = 0  # (int) early stopping on the monitor (0 = off)
     monitor: str = ""  # (str) picks the tested align-phase epoch; "" = the last
@@ -75,6 +76,7 @@ class FACEConfig:
     word_neighbours: int = 64  # (int) nearest words per slot in its soft assignment
     word_temperature: float = 0.05  # (float) soft assignment: softmax of cosine / this
     word_align_temperature: float = 0.05  # (float) InfoNCE temperature of the word-level alignment
+    word_align_by_type: bool = True  # (bool) its InfoNCE contrasts items with items and users with users only
     entities_per_step: int = 128  # (int) users per step, with as many positive and random items (FACE's losses)
     encoder_entities_per_step: int = 64  # (int) of those users, how many (with their items) the text encoder reads
     user_prompt: str = "The user and his likes can be described as the following words:"
@@ -188,7 +190,9 @@ class FACEModule(FrozenParts, CFPretrainModule):
             self.log("train/align_acc", accuracy, prog_bar=True, batch_size=len(read))
         if relax:
             weights = self.mapper.relaxed(z_e, near, self.cfg.word_temperature)
-            word_loss = info_nce(relaxed_word_text(weights, near, indices, self.word_text), targets, self.cfg.word_align_temperature)
+            groups = (torch.arange(size, device=x.device) >= k).long() if self.cfg.word_align_by_type else None
+            described = relaxed_word_text(weights, near, indices, self.word_text)
+            word_loss = info_nce(described, targets, self.cfg.word_align_temperature, groups)
             loss = loss + self.cfg.word_align_weight * word_loss
             self.log("train/loss_word_align", word_loss, batch_size=size)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)

@@ -267,7 +267,21 @@ def _stage_data(cfg: RunConfig, stage_cfg: Any, num_negatives: int, input_kind: 
     )
     datamodule.prepare_data()
     datamodule.setup()
+    _require_titles(cfg, datamodule.data, "A-LLMRec aligns item embeddings with item text")
+    if not datamodule.data.has_candidates:
+        raise ValueError(
+            f"data={cfg.data.name} (source {cfg.data.source}) has no sampled evaluation candidates; A-LLMRec picks "
+            "the next item among them. Use an Amazon or prepared dataset (rlmrec data is for cf_pretrain and FACE's full ranking)"
+        )
     return datamodule
+
+
+def _require_titles(cfg: RunConfig, data: Any, why: str) -> None:
+    if not any(data.titles[1:]):
+        raise ValueError(
+            f"data={cfg.data.name} (source {cfg.data.source}) has no item titles; {why}. "
+            "Use an Amazon or prepared dataset whose items.csv has titles"
+        )
 
 
 def _frozen_backbone(cfg: RunConfig, cf_dir: Path, data: Any) -> Any:
@@ -386,8 +400,7 @@ def build_face(cfg: RunConfig, device: str | torch.device = "cpu") -> tuple[SeqD
     datamodule.prepare_data()
     datamodule.setup()
     data = datamodule.data
-    if not any(data.titles[1:]):
-        raise ValueError(f"data={cfg.data.name} has no item titles; FACE aligns descriptors with item and user text")
+    _require_titles(cfg, data, "FACE aligns descriptors with item and user text")
     backbone = _frozen_backbone(cfg, cf_dir, data).train()
     text_encoder = load_text_encoder(cfg.text_encoder)
     if not hasattr(text_encoder, "model"):

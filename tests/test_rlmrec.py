@@ -280,6 +280,16 @@ def test_cf_pretrain_on_rlmrec_logs_full_ranking_metrics_only(tmp_path: Path, ba
     assert "val/full/recall@20" in header and not [key for key in header if "hit@" in key or "mrr" in key]
 
 
+def test_text_stages_on_rlmrec_say_the_data_has_no_titles(tmp_path: Path) -> None:
+    folder = random_folder(tmp_path / "rlmrec_tiny")
+    base = ["data=rlmrec_tiny", "backbone=sasrec", f"data.data_dir={folder}", "trainer=cpu", "logger=csv",
+            f"data.root={tmp_path / 'data'}", f"paths.runs={tmp_path / 'runs'}", "trainer.enable_progress_bar=false"]
+    run(compose([*base, "stage.max_epochs=1"]))
+    for stage, why in (("align_stage1", "A-LLMRec aligns"), ("face", "FACE aligns")):
+        with pytest.raises(ValueError, match=f"data=rlmrec_tiny \\(source rlmrec\\) has no item titles; {why}"):
+            run(compose([*base, f"stage={stage}", "text_encoder=hashing" if stage == "align_stage1" else "stage.max_epochs=1"]))
+
+
 def test_datamodule_reports_the_protocol(tmp_path: Path) -> None:
     folder = random_folder(tmp_path / "r")
     cfg = compose(["data=rlmrec_r", f"data.data_dir={folder}", f"data.root={tmp_path / 'data'}"])

@@ -112,6 +112,9 @@ def test_relaxed_words_keep_the_chosen_words_and_carry_gradients_to_the_mapper()
     codes = mapper.mapped_codebook()
     brute = torch.cdist(z_e.detach(), codes.detach().expand(5, -1, -1)).topk(6, largest=False).indices
     assert torch.equal(near, brute)
+    distances = torch.cdist(z_e.detach(), codes.detach().expand(5, -1, -1))
+    assert torch.equal(indices, greedy_distinct_nearest(distances))  # the shared top-k picks as a full search
+    assert torch.equal(mapper.search(z_e)[0], indices)
     weights = mapper.relaxed(z_e, near, temperature=0.1)
     torch.testing.assert_close(weights.sum(-1), torch.ones(5, 3))
     # cosine lookup: the soft assignment is softmax(cosine / temperature) over the neighbours
@@ -122,3 +125,14 @@ def test_relaxed_words_keep_the_chosen_words_and_carry_gradients_to_the_mapper()
     torch.testing.assert_close(out, F.normalize(word_text[indices].sum(1), dim=-1))  # value: the chosen words
     (out @ torch.randn(7)).sum().backward()
     assert mapper.concept_weight.grad.abs().sum() > 0 and mapper.codebook_map.weight.grad.abs().sum() > 0
+
+
+def test_info_nce_by_group_contrasts_rows_within_their_group_only():
+    from aligners.descriptor_text import info_nce
+
+    queries, keys = F.normalize(torch.randn(7, 5), dim=-1), F.normalize(torch.randn(7, 5), dim=-1)
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    grouped = info_nce(queries, keys, 0.1, groups)
+    parts = [info_nce(queries[groups == g], keys[groups == g], 0.1) * int((groups == g).sum()) for g in (0, 1)]
+    torch.testing.assert_close(grouped, sum(parts) / 7)
+    torch.testing.assert_close(info_nce(queries, keys, 0.1, torch.zeros(7, dtype=torch.long)), info_nce(queries, keys, 0.1))
