@@ -76,6 +76,7 @@ class FACEConfig:
     word_neighbours: int = 64  # (int) nearest words per slot in its soft assignment
     word_temperature: float = 0.05  # (float) soft assignment: softmax of cosine / this
     word_align_temperature: float = 0.05  # (float) InfoNCE temperature of the word-level alignment
+    word_diversity_weight: float = 1.0  # (float) reward for the entropy of the step's averaged soft word choice (0 = off)
     word_align_by_type: bool = True  # (bool) its InfoNCE contrasts items with items and users with users only
     entities_per_step: int = 128  # (int) users per step, with as many positive and random items (FACE's losses)
     encoder_entities_per_step: int = 64  # (int) of those users, how many (with their items) the text encoder reads
@@ -194,6 +195,12 @@ class FACEModule(FrozenParts, CFPretrainModule):
             described = relaxed_word_text(weights, near, indices, self.word_text)
             word_loss = info_nce(described, targets, self.cfg.word_align_temperature, groups)
             loss = loss + self.cfg.word_align_weight * word_loss
+            if self.cfg.word_diversity_weight > 0:
+                usage = torch.zeros(len(self.mapper.words), dtype=weights.dtype, device=x.device)
+                usage = usage.scatter_add(0, near.flatten(), weights.flatten()) / (size * self.cfg.num_words)
+                diversity = -(usage * usage.clamp_min(1e-12).log()).sum() / np.log(len(usage))
+                loss = loss - self.cfg.word_diversity_weight * diversity
+                self.log("train/word_diversity", diversity, batch_size=size)
             self.log("train/loss_word_align", word_loss, batch_size=size)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/loss_backbone", rec_loss, batch_size=size)
