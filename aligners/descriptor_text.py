@@ -17,6 +17,7 @@ the sentence-transformers model does (mean or CLS, then L2 normalisation when th
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -162,3 +163,12 @@ def relaxed_word_text(weights: Tensor, near: Tensor, indices: Tensor, word_text:
     dense = torch.zeros(len(indices), len(word_text), dtype=weights.dtype, device=weights.device)
     soft = dense.scatter_add(1, near.flatten(1), weights.flatten(1)) @ word_text.to(weights.dtype)
     return F.normalize(hard + soft - soft.detach(), dim=-1)
+
+
+def word_usage_entropy(weights: Tensor, near: Tensor, vocab_size: int) -> Tensor:
+    """Entropy of the soft word choice averaged over all rows and slots, divided by ``log(vocab_size)``
+    (1: every word equally used; 0: one word). ``weights [N, n, M]`` over the words ``near [N, n, M]``
+    (wav2vec 2.0's codebook diversity loss is one minus a perplexity of the same average)."""
+    usage = torch.zeros(vocab_size, dtype=weights.dtype, device=weights.device)
+    usage = usage.scatter_add(0, near.flatten(), weights.flatten()) / (near.numel() // near.shape[-1])
+    return -(usage * usage.clamp_min(1e-12).log()).sum() / math.log(vocab_size)

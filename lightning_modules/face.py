@@ -17,6 +17,9 @@ as many uniformly random items (the official code's users, positives and negativ
   users (``word_align_by_type``). Its gradient reaches the concepts and the
   codebook map through the soft word choice; the official loss's only reaches them straight
   through the encoder's input embeddings, and alone left the descriptors at chance on Beauty.
+  With it, ``- word_diversity_weight * H``: the normalised entropy of the soft word choice
+  averaged over the step (wav2vec 2.0's diversity loss), which keeps the entities' concepts from
+  drifting onto one shared cluster of words.
 
 The backbone keeps training at ``backbone_lr`` (the official lr / 10) and receives FACE's gradients
 through its embeddings. The first ``map_epochs`` epochs are the map phase (no alignment terms), the
@@ -38,7 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from aligners.descriptor_text import DescriptorBridge, DescriptorTextEncoder, info_nce, relaxed_word_text
+from aligners.descriptor_text import (
+    DescriptorBridge,
+    DescriptorTextEncoder,
+    info_nce,
+    relaxed_word_text,
+    word_usage_entropy,
+)
 from aligners.vq_descriptor import VQDescriptorMapper
 from backbones.base import Backbone
 from datamodules.batch import SeqBatch
@@ -55,8 +64,8 @@ class FACEConfig:
     lr: float = 1e-3  # (float) Adam lr of the FACE modules
     backbone_lr: float = 1e-4  # (float) Adam lr of the backbone (lr / 10)
     weight_decay: float = 0.0  # (float) Adam weight decay of the backbone
-    max_epochs: int = 15  # (int) map + align epochs
-    map_epochs: int = 1  # (int) epochs without the alignment loss first
+    max_epochs: int = 11  # (int) map + align epochs
+    map_epochs: int = 0  # (int) epochs without the alignment loss first (official: a map phase first)
     patience: int = 0  # (int) early stopping on the monitor (0 = off)
     monitor: str = ""  # (str) picks the tested align-phase epoch; "" = the last
     full_ranking_val: bool = True  # (bool) rank the whole catalogue at validation
@@ -196,9 +205,7 @@ class FACEModule(FrozenParts, CFPretrainModule):
             word_loss = info_nce(described, targets, self.cfg.word_align_temperature, groups)
             loss = loss + self.cfg.word_align_weight * word_loss
             if self.cfg.word_diversity_weight > 0:
-                usage = torch.zeros(len(self.mapper.words), dtype=weights.dtype, device=x.device)
-                usage = usage.scatter_add(0, near.flatten(), weights.flatten()) / (size * self.cfg.num_words)
-                diversity = -(usage * usage.clamp_min(1e-12).log()).sum() / np.log(len(usage))
+                diversity = word_usage_entropy(weights, near, len(self.mapper.words))
                 loss = loss - self.cfg.word_diversity_weight * diversity
                 self.log("train/word_diversity", diversity, batch_size=size)
             self.log("train/loss_word_align", word_loss, batch_size=size)

@@ -136,3 +136,17 @@ def test_info_nce_by_group_contrasts_rows_within_their_group_only():
     parts = [info_nce(queries[groups == g], keys[groups == g], 0.1) * int((groups == g).sum()) for g in (0, 1)]
     torch.testing.assert_close(grouped, sum(parts) / 7)
     torch.testing.assert_close(info_nce(queries, keys, 0.1, torch.zeros(7, dtype=torch.long)), info_nce(queries, keys, 0.1))
+
+
+def test_word_usage_entropy_is_one_for_even_use_and_zero_for_one_word():
+    from aligners.descriptor_text import word_usage_entropy
+
+    # 4 rows x 2 slots x 3 neighbours over a vocabulary of 24: every word once, equally weighted
+    even = torch.full((4, 2, 3), 1 / 3, requires_grad=True)
+    torch.testing.assert_close(word_usage_entropy(even, torch.arange(24).view(4, 2, 3), 24), torch.tensor(1.0))
+    one = torch.zeros(4, 2, 3)
+    one[..., 0] = 1.0
+    assert word_usage_entropy(one, torch.zeros(4, 2, 3, dtype=torch.long), 24).abs() < 1e-6
+    peaked = torch.tensor([[[2.0, 0.0, 0.0]]]).repeat(4, 2, 1).requires_grad_()
+    word_usage_entropy(peaked.softmax(-1), torch.arange(24).view(4, 2, 3), 24).backward()
+    assert peaked.grad[..., 0].lt(0).all()  # more entropy: less weight on each slot's favourite
