@@ -499,7 +499,7 @@ def test_resolve_raw_downloads_missing_files(server, tmp_path, monkeypatch):
     """With data.download=true the dispatcher fetches missing files from the official URLs."""
     for name in ("reviews_Tiny_5.json.gz", "meta_Tiny.json.gz"):
         server.files[f"/{name}"] = (FIXTURES / name).read_bytes()
-    monkeypatch.setattr("datamodules.sources.AMAZON2014_URL", server.url)
+    monkeypatch.setattr("datamodules.sources.amazon.AMAZON2014_URL", server.url)
     cfg = DataConfig(name="tiny", source="amazon2014", category="Tiny", root=str(tmp_path), download=True)
     assert resolve_raw(cfg) == read_amazon2014(REVIEWS14, META14)
     assert (tmp_path / "raw" / "tiny" / "meta_Tiny.json.gz").is_file()
