@@ -34,7 +34,8 @@ RUN = $(PY) -m lightning_modules.run
 given = $(filter command line environment,$(origin $(1)))
 SWEEP_ARGS = $(if $(call given,DATASET),data=$(DATASET)) $(if $(call given,BACKBONE),backbone=$(BACKBONE)) \
 	$(if $(DATA_DIR),data.data_dir=$(DATA_DIR)) seed=$(SEED) paths.runs=$(RUNS) $(ARGS)
-# Finished stages are file targets: a rerun of train-all skips them (delete a metrics.json to redo one).
+# Finished stages are file targets: a rerun of train-all skips them. A stage whose upstream is newer
+# (retrained since) is rebuilt: rebuild_stale=true lets it replace its stale run, and only that.
 CF_DONE = $(RUNS)/$(DATASET)/cf_pretrain/$(BACKBONE)/metrics.json
 S1_DONE = $(RUNS)/$(DATASET)/align_stage1/$(BACKBONE)/metrics.json
 S2_DONE = $(RUNS)/$(DATASET)/align_stage2/$(BACKBONE)/$(LLM)/metrics.json
@@ -82,13 +83,13 @@ $(CF_DONE):
 	$(RUN) stage=cf_pretrain $(RUN_ARGS)
 
 $(S1_DONE): $(CF_DONE)
-	$(RUN) stage=align_stage1 $(RUN_ARGS)
+	$(RUN) stage=align_stage1 $(RUN_ARGS) rebuild_stale=true
 
 $(S2_DONE): $(S1_DONE)
-	$(RUN) stage=align_stage2 $(RUN_ARGS)
+	$(RUN) stage=align_stage2 $(RUN_ARGS) rebuild_stale=true
 
 $(FACE_DONE): $(CF_DONE)
-	$(RUN) stage=face $(RUN_ARGS)
+	$(RUN) stage=face $(RUN_ARGS) rebuild_stale=true
 
 sweep:  ## W&B sweep of SWEEP=<spec>: MODE=wandb (server; one agent per GPU, AGENTS=N on CPU) or MODE=local (no server; COUNT=N trials)
 	$(PY) -m lightning_modules.sweep $(SWEEP) --mode $(MODE) $(if $(COUNT),--count $(COUNT)) --agents $(AGENTS) $(SWEEP_ARGS)

@@ -36,69 +36,6 @@ STAGES = ("cf_pretrain", "align_stage1", "align_stage2", "face")
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10": 125.0, "L4": 121.0}
 
 
-def _peak_mib(device) -> float:
-    import resource
-
-    import torch
-
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2**20)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_training(module, loader, steps: int, device, tokens: bool = False) -> dict:
-    """Samples per second over ``steps`` optimiser steps after one warm-up step; with ``tokens``,
-    also tokens per second from the module's ``last_tokens`` (stage 2)."""
-    optimizer = module.configure_optimizers()
-    module.to(device).train()
-    module.log = lambda *args, **kwargs: None  # no trainer attached
-    batches = iter(loader)
-    samples = n_tokens = 0
-    seconds = 0.0
-    for step in range(steps + 1):
-        try:
-            batch = next(batches).to(device)
-        except StopIteration:
-            batches = iter(loader)
-            batch = next(batches).to(device)
-        start = time.perf_counter()
-        loss = module.training_step(batch, step)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        _sync(device)
-        if step:
-            seconds += time.perf_counter() - start
-            samples += len(batch)
-            n_tokens += module.last_tokens if tokens else 0
-    out = {"train_steps": steps, "train_samples_per_second": round(samples / seconds, 3)}
-    if tokens:
-        out["train_tokens_per_second"] = round(n_tokens / seconds, 1)
-    return out
-
-
-def time_evaluation(module, loader, device) -> dict:
-    """Evaluation users per second of the module's ``test_step`` over ``loader``."""
-    import torch
-
-    module.to(device).eval()
-    users = 0
-    start = time.perf_counter()
-    with torch.no_grad():
-        for step, batch in enumerate(loader):
-            module.test_step(batch.to(device), step)
-            users += len(batch)
-    _sync(device)
-    return {"eval_users": users, "eval_users_per_second": round(users / (time.perf_counter() - start), 3)}
-
-
 def for_stage(stage: str, overrides: list[str]) -> list[str]:
     """The overrides for ``stage``: the plain ones and its own ``<stage>:key=value`` ones (prefix removed)."""
     out = []
@@ -115,14 +52,17 @@ def _stage(stage: str, overrides: list[str], steps: int, users: int) -> dict:
     import lightning as L
     import torch
 
+    from benchmarks.timing import peak_mib, time_evaluation, time_training
+    from lightning_modules.align_stage1 import build_align_stage1
     from lightning_modules.config import compose
-    from lightning_modules.run import _device, build_align_stage1, build_face
+    from lightning_modules.face import build_face
+    from lightning_modules.training import device_for
 
     if stage == "cf_pretrain":
-        from benchmarks.bench_cf import _one
+        from benchmarks.bench_cf import bench_backbone
 
         cfg = compose(overrides)
-        out = _one(cfg.backbone.name, overrides, epochs=1)
+        out = bench_backbone(cfg.backbone.name, overrides, epochs=1)
         out["train_samples_per_second"] = round(out["train_positions"] / out["seconds_per_epoch"], 3) if out["seconds_per_epoch"] else None
         out["eval_users_per_second"] = round(out["test_users"] / out["test_seconds"], 3)
         return out
@@ -136,7 +76,7 @@ def _stage(stage: str, overrides: list[str], steps: int, users: int) -> dict:
     extra = [f"stage.max_eval_users={users}"] if stage == "align_stage1" else ["stage.map_epochs=0"]
     cfg = compose([f"stage={stage}", *extra, *overrides])
     L.seed_everything(cfg.seed, verbose=False)
-    device = _device(cfg)
+    device = device_for(cfg)
     if stage == "align_stage1":
         datamodule, module = build_align_stage1(cfg)
     else:
@@ -148,7 +88,7 @@ def _stage(stage: str, overrides: list[str], steps: int, users: int) -> dict:
         out["face_entities_per_second"] = round(out["train_samples_per_second"] * entities / datamodule.batch_size, 3)
     test = [b for _, b in zip(range(max(1, users // datamodule.eval_batch_size)), datamodule.test_dataloader())]
     out.update(time_evaluation(module, test, device))
-    out["peak_mib"] = _peak_mib(device)
+    out["peak_mib"] = peak_mib(device)
     out["threads"] = torch.get_num_threads()
     return out
 

@@ -25,15 +25,15 @@ from pathlib import Path
 ALL = ("sasrec", "gru4rec", "nextitnet", "ncf", "lightgcn", "pop")
 
 
-def _one(name: str, overrides: list[str], epochs: int) -> dict:
+def bench_backbone(name: str, overrides: list[str], epochs: int) -> dict:
     """Benchmark one backbone in this process and return its figures."""
     import lightning as L
     import torch
 
     from callbacks.ranking import RankingMetricsCallback
     from callbacks.timing import TimingCallback
+    from lightning_modules.cf_pretrain import build_cf_pretrain
     from lightning_modules.config import compose
-    from lightning_modules.run import build_cf_pretrain
 
     cfg = compose([f"backbone={name}", *overrides])
     L.seed_everything(cfg.seed, verbose=False)
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--one", default="", help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args(argv)
     if args.one:
-        print("BENCH " + json.dumps(_one(args.one, overrides, args.epochs)), flush=True)
+        print("BENCH " + json.dumps(bench_backbone(args.one, overrides, args.epochs)), flush=True)
         return 0
     rows = []
     for name in args.backbones.split(","):

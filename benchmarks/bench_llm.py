@@ -21,18 +21,19 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench import _peak_mib, _sync, time_training
+from benchmarks.timing import peak_mib, sync, time_training
 
 
 def bench(overrides: list[str], steps: int, users: int) -> dict:
     import lightning as L
 
+    from lightning_modules.align_stage2 import build_align_stage2
     from lightning_modules.config import compose
-    from lightning_modules.run import _device, build_align_stage2
+    from lightning_modules.training import device_for
 
     cfg = compose(["stage=align_stage2", f"stage.max_eval_users={users}", *overrides])
     L.seed_everything(cfg.seed, verbose=False)
-    device = _device(cfg)
+    device = device_for(cfg)
     datamodule, module = build_align_stage2(cfg, device)
     timed = time_training(module, datamodule.train_dataloader(), steps, device, tokens=True)
     results = {
@@ -44,7 +45,7 @@ def bench(overrides: list[str], steps: int, users: int) -> dict:
         "train_batch_size": cfg.stage.batch_size,
         "train_samples_per_second": timed["train_samples_per_second"],
         "train_tokens_per_second": timed["train_tokens_per_second"],
-        "train_peak_mib": _peak_mib(device),
+        "train_peak_mib": peak_mib(device),
     }
     module.eval()
     test = list(datamodule.test_dataloader())
@@ -58,12 +59,12 @@ def bench(overrides: list[str], steps: int, users: int) -> dict:
                     order = batch.candidates  # timing only: the prompt order does not matter
                     user = module.backbone.encode_user(batch).float()
                     module._evaluate(batch, order, variant, user, score=mode == "score", generate=mode == "generate")
-                _sync(device)
+                sync(device)
                 key = f"{'' if variant == 'main' else 'llm_only_'}{mode}_users_per_second"
                 results[key] = round(n_users / (time.perf_counter() - start), 3)
     results["eval_users"] = n_users
     results["eval_batch_size"] = cfg.stage.eval_batch_size
-    results["peak_mib"] = _peak_mib(device)
+    results["peak_mib"] = peak_mib(device)
     return results
 
 

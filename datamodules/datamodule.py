@@ -28,7 +28,7 @@ from datamodules.sampling import sample_batch_negatives
 INPUT_KINDS = ("sequence", "user", "last_item")
 
 
-def _gather_padded(flat: Tensor, starts: Tensor, lengths: Tensor, left: bool) -> Tensor:
+def gather_padded(flat: Tensor, starts: Tensor, lengths: Tensor, left: bool) -> Tensor:
     """Rows ``flat[starts[b] : starts[b] + lengths[b]]`` padded with PAD_ID to ``[B, max(lengths)]``."""
     width = int(lengths.max()) if len(lengths) else 0
     cols = torch.arange(width)
@@ -91,8 +91,8 @@ class SequenceTrainData(Dataset):
         epoch, rank, step, indices = request
         idx = torch.as_tensor(indices, dtype=torch.long)
         lengths, starts = self.lengths[idx], self.starts[idx]
-        item_seq = _gather_padded(self.data.seq_items, starts, lengths, left=True)
-        pos = _gather_padded(self.data.seq_items, starts + 1, lengths, left=True)
+        item_seq = gather_padded(self.data.seq_items, starts, lengths, left=True)
+        pos = gather_padded(self.data.seq_items, starts + 1, lengths, left=True)
         users = self.users[idx]
         neg = None
         if self.num_negatives:
@@ -170,7 +170,7 @@ class LastItemTrainData(_OneSamplePerRow):
         hist_len = (n_train - 1).clamp(max=self.max_len)
         return SeqBatch(
             user_ids=users,
-            item_seq=_gather_padded(self.data.seq_items, starts + n_train - 1 - hist_len, hist_len, left=True),
+            item_seq=gather_padded(self.data.seq_items, starts + n_train - 1 - hist_len, hist_len, left=True),
             pos_items=self.data.seq_items[starts + n_train - 1],
             neg_items=self._negatives(users, epoch, rank, step),
         )
@@ -186,7 +186,7 @@ def user_subset(users: Tensor, limit: int, seed: int) -> Tensor:
 
 def _train_history(data: ProcessedData, users: Tensor) -> Tensor:
     """Training items of ``users``, right-padded ``[B, H]``."""
-    return _gather_padded(data.seq_items, data.seq_offsets[users], data.train_length(users), left=False)
+    return gather_padded(data.seq_items, data.seq_offsets[users], data.train_length(users), left=False)
 
 
 class EvalData(Dataset):
@@ -232,12 +232,12 @@ class EvalData(Dataset):
         recent = hist_len.clamp(max=self.max_len)
         targets = None
         if self.target_start is not None:
-            targets = _gather_padded(self.data.seq_items, starts + self.target_start[idx], self.target_len[idx], left=False)
+            targets = gather_padded(self.data.seq_items, starts + self.target_start[idx], self.target_len[idx], left=False)
         return SeqBatch(
             user_ids=users,
-            item_seq=_gather_padded(self.data.seq_items, starts + hist_len - recent, recent, left=True),
+            item_seq=gather_padded(self.data.seq_items, starts + hist_len - recent, recent, left=True),
             candidates=None if self.candidates is None else self.candidates[idx],
-            history=_gather_padded(self.data.seq_items, starts, hist_len, left=False),
+            history=gather_padded(self.data.seq_items, starts, hist_len, left=False),
             targets=targets,
         )
 

@@ -10,21 +10,29 @@ stage's own recommendation head, so checkpoint selection has a signal.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
 from aligners.collab_text import CollabTextAligner
+from aligners.text_encoder import item_text, load_text_encoder
 from backbones.base import Backbone
+from callbacks.artifacts import write_weights
 from datamodules.batch import SeqBatch
+from datamodules.datamodule import SeqDataModule
+from lightning_modules.artifacts import frozen_backbone, resolve_upstream
 from lightning_modules.frozen import FrozenParts
+from lightning_modules.training import begin_stage, finish, fit_and_test, require_titles
 
 
 @dataclass
 class AlignStage1Config:
     """Optimisation of ``align_stage1`` (the ``stage`` group)."""
+
+    upstream_stage: ClassVar[str] = "cf_pretrain"
+    groups: ClassVar[tuple[str, ...]] = ("text_encoder",)
 
     name: str = "align_stage1"
     init_from: str = ""  # (str) the cf_pretrain run directory; "" = <paths.runs>/<dataset>/cf_pretrain/<backbone>
@@ -138,3 +146,57 @@ class CollabTextAlignModule(FrozenParts, L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.Adam(params, lr=self.cfg.lr, betas=tuple(self.cfg.betas))
+
+
+def alignment_data(cfg: Any, stage_cfg: Any, num_negatives: int) -> SeqDataModule:
+    """A-LLMRec's data for both stages: one last-item example per (seeded subset of) training users,
+    ``num_negatives`` each, and validation/test users with their frozen candidates."""
+    datamodule = SeqDataModule(
+        cfg.data,
+        input_kind="last_item",
+        num_negatives=num_negatives,
+        seed=cfg.seed,
+        batch_size=stage_cfg.batch_size,
+        eval_batch_size=getattr(stage_cfg, "eval_batch_size", None),
+        max_train_users=stage_cfg.max_train_users,
+        max_eval_users=stage_cfg.max_eval_users,
+    )
+    datamodule.prepare_data()
+    datamodule.setup()
+    require_titles(cfg, datamodule.data, "A-LLMRec aligns item embeddings with item text")
+    if not datamodule.data.has_candidates:
+        raise ValueError(
+            f"data={cfg.data.name} (source {cfg.data.source}) has no sampled evaluation candidates; A-LLMRec picks "
+            "the next item among them. Use an Amazon or prepared dataset (rlmrec data is for cf_pretrain and FACE's full ranking)"
+        )
+    return datamodule
+
+
+def build_align_stage1(cfg: Any) -> tuple[SeqDataModule, CollabTextAlignModule]:
+    """Data (one last-item example per user, one negative) and the stage-1 module on a frozen backbone."""
+    cf_dir = resolve_upstream(cfg)
+    datamodule = alignment_data(cfg, cfg.stage, num_negatives=1)
+    data = datamodule.data
+    backbone = frozen_backbone(cfg, cf_dir, data)
+    text_encoder = load_text_encoder(cfg.text_encoder)
+    s = cfg.stage
+    aligner = CollabTextAligner(
+        backbone.hidden_dim, text_encoder.dim, s.latent_dim, s.item_recon_weight, s.text_recon_weight, s.rec_score
+    )
+    texts = [item_text(t, d) for t, d in zip(data.titles, data.descriptions)]
+    module = CollabTextAlignModule(backbone, text_encoder, aligner, texts, s, cfg.text_encoder.batch_size)
+    return datamodule, module
+
+
+def run_align_stage1(cfg: Any) -> dict[str, Any]:
+    """Stage 1; also writes ``text_latents.pt`` ([N+1, d'] text-path item latents) for stage 2's cold-item variant."""
+    start = begin_stage(cfg)
+    if start.finished is not None:
+        return start.finished
+    datamodule, module = build_align_stage1(cfg)
+    s = cfg.stage
+    trainer, metrics = fit_and_test(cfg, module, datamodule, start.resume, s.monitor, s.patience, s.max_epochs)
+    if trainer.is_global_zero:
+        write_weights(cfg.run_dir / "text_latents.pt", {"text_latents": module.text_latents()})
+    metrics["num_trained_parameters"] = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return finish(cfg, trainer, metrics, module.trained_state(), datamodule.data)

@@ -22,13 +22,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from aligners.collab_text import MLPAutoencoder
+from aligners.llm import load_llm
 from aligners.llm_ops import (
     IGNORE,
     answer_loss,
@@ -42,8 +44,13 @@ from aligners.llm_projector import LLMProjector, splice
 from aligners.prompt import CANDIDATE_TOKEN, HISTORY_TOKEN, USER_TOKEN, PromptBuilder, normalize, parse_answer
 from backbones.base import Backbone
 from datamodules.batch import SeqBatch
+from datamodules.cache import atomic_write_bytes
 from datamodules.constants import PAD_ID
+from datamodules.datamodule import SeqDataModule
+from lightning_modules.align_stage1 import alignment_data
+from lightning_modules.artifacts import check_run_dir, frozen_backbone, resolve_upstream
 from lightning_modules.frozen import FrozenParts
+from lightning_modules.training import begin_stage, device_for, finish, fit_and_test
 
 VARIANTS = ("llm_only", "text_items")
 
@@ -51,6 +58,9 @@ VARIANTS = ("llm_only", "text_items")
 @dataclass
 class AlignStage2Config:
     """Optimisation and evaluation of ``align_stage2`` (the ``stage`` group)."""
+
+    upstream_stage: ClassVar[str] = "align_stage1"
+    groups: ClassVar[tuple[str, ...]] = ("llm", "prompt")
 
     name: str = "align_stage2"
     init_from: str = ""  # (str) the align_stage1 run directory; "" = <paths.runs>/<dataset>/align_stage1/<backbone>
@@ -291,8 +301,6 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
             torch.distributed.all_gather_object(gathered, records)
             records = [r for part in gathered for r in part]
         if self.predictions_path is not None and self.trainer.is_global_zero:
-            from datamodules.cache import atomic_write_bytes
-
             unique = {r["user"]: r for r in records}  # sharding never duplicates; this guards it
             lines = "".join(json.dumps(unique[u]) + "\n" for u in sorted(unique))
             atomic_write_bytes(self.predictions_path, lambda fh: fh.write(lines.encode()))
@@ -305,3 +313,49 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.projector.parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.betas))
+
+
+def build_align_stage2(cfg: Any, device: str | torch.device = "cpu") -> tuple[SeqDataModule, LLMProjectionModule]:
+    """Data (last-item examples with 19 negatives), the frozen backbone, stage-1 encoder and LLM, and the projectors."""
+    s = cfg.stage
+    stage1_dir = resolve_upstream(cfg)
+    datamodule = alignment_data(cfg, s, num_negatives=s.num_negatives)
+    data = datamodule.data
+    saved1 = check_run_dir(stage1_dir, "align_stage1", cfg, data.num_items)
+    backbone = frozen_backbone(cfg, Path(saved1["stage"]["init_from"]), data)
+    # Stage 2 reads only the stage-1 item autoencoder's encoder (e_i); the text path comes as text_latents.pt.
+    item_ae = MLPAutoencoder(backbone.hidden_dim, saved1["stage"]["latent_dim"])
+    state = torch.load(stage1_dir / "weights.pt", map_location="cpu", weights_only=True)["aligner"]
+    item_ae.load_state_dict({k.removeprefix("item_ae."): v for k, v in state.items() if k.startswith("item_ae.")})
+    text_latents = None
+    if (stage1_dir / "text_latents.pt").is_file():
+        text_latents = torch.load(stage1_dir / "text_latents.pt", map_location="cpu", weights_only=True)["text_latents"]
+    llm, tokenizer = load_llm(cfg.llm, device)
+    prompts = PromptBuilder(tokenizer, cfg.prompt, data.titles)
+    counts = torch.bincount(data.train_interactions()[:, 1], minlength=data.num_items + 1)
+    module = LLMProjectionModule(
+        backbone, item_ae.encoder, llm, prompts, s, text_latents, counts,
+        eval_seed=cfg.data.eval_seed, predictions_path=cfg.run_dir / "predictions.jsonl",
+    )
+    return datamodule, module
+
+
+def run_align_stage2(cfg: Any) -> dict[str, Any]:
+    """Stage 2: train the projectors, then evaluate A-LLMRec, its variants and baselines on the frozen candidates."""
+    start = begin_stage(cfg)
+    if start.finished is not None:
+        return start.finished
+    datamodule, module = build_align_stage2(cfg, device_for(cfg))
+    s = cfg.stage
+    trainer, metrics = fit_and_test(cfg, module, datamodule, start.resume, s.monitor, 0, s.max_epochs, validate=s.validate)
+    metrics["llm"] = cfg.llm.name
+    metrics["num_trained_parameters"] = sum(p.numel() for p in module.projector.parameters())
+    metrics["num_train_users"] = len(datamodule.train_data)
+    metrics["num_test_users"] = sum(1 for _ in open(cfg.run_dir / "predictions.jsonl")) if trainer.is_global_zero else None
+    if metrics.get("seconds_per_epoch"):
+        metrics["train_samples_per_second"] = round(len(datamodule.train_data) / metrics["seconds_per_epoch"], 3)
+        # the last epoch's tokens over the mean epoch time: exact for the usual single or equal epochs
+        metrics["train_tokens_per_second"] = round(module.epoch_tokens * trainer.world_size / metrics["seconds_per_epoch"], 1)
+    if metrics.get("test_seconds") and metrics["num_test_users"]:
+        metrics["test_users_per_second"] = round(metrics["num_test_users"] / metrics["test_seconds"], 4)
+    return finish(cfg, trainer, metrics, {"projector": module.projector.state_dict()}, datamodule.data)

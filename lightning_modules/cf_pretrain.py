@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from torch import Tensor
 
+from backbones import BACKBONES, build_backbone
 from backbones.base import Backbone
 from backbones.losses import bce_loss, bpr_loss, chunked_softmax_loss, full_softmax_loss
 from datamodules.batch import SeqBatch
 from datamodules.constants import PAD_ID
+from datamodules.datamodule import SeqDataModule
 from lightning_modules.frozen import keep_sparse_buffers_local
+from lightning_modules.training import begin_stage, finish, fit_and_test
 
 
 @dataclass
 class CFPretrainConfig:
     """Optimisation of the ``cf_pretrain`` stage (the ``stage`` group)."""
+
+    upstream_stage: ClassVar[str] = ""  # the stage whose run this one reads ("" = none)
+    groups: ClassVar[tuple[str, ...]] = ()  # config groups besides seed/data/backbone/stage its result depends on
 
     name: str = "cf_pretrain"
     lr: float = 1e-3  # (float) Adam learning rate
@@ -133,3 +140,35 @@ class CFPretrainModule(L.LightningModule):
             {"params": no_decay, "weight_decay": 0.0},
         ]
         return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.cfg.lr, betas=tuple(self.cfg.betas))
+
+
+def build_cf_pretrain(cfg: Any) -> tuple[SeqDataModule, CFPretrainModule]:
+    """The prepared datamodule and the stage module with a freshly initialised backbone.
+
+    The datamodule serves what the backbone consumes (sequences or user-item pairs) with as many
+    negatives as the loss needs (none for the full softmax).
+    """
+    cls = BACKBONES[cfg.backbone.name]
+    negatives = 0 if cfg.backbone.loss == "ce" else cfg.backbone.num_negatives
+    datamodule = SeqDataModule(cfg.data, input_kind=cls.input_kind, num_negatives=negatives, seed=cfg.seed)
+    datamodule.prepare_data()
+    datamodule.setup()
+    data = datamodule.data
+    interactions = data.train_interactions() if cls.needs_interactions else None
+    backbone = build_backbone(cfg.backbone, data.num_items, data.num_users, interactions=interactions)
+    return datamodule, CFPretrainModule(backbone, cfg.stage, loss=cfg.backbone.loss)
+
+
+def run_cf_pretrain(cfg: Any) -> dict[str, Any]:
+    """Train (unless the backbone has nothing to train), test the best checkpoint, write artifacts."""
+    start = begin_stage(cfg)
+    if start.finished is not None:
+        return start.finished
+    datamodule, module = build_cf_pretrain(cfg)
+    backbone = module.backbone
+    trainer, metrics = fit_and_test(
+        cfg, module, datamodule, start.resume, cfg.stage.monitor, cfg.stage.patience, cfg.stage.max_epochs, backbone.trainable
+    )
+    metrics["loss"] = cfg.backbone.loss if backbone.trainable else "none"
+    metrics["num_parameters"] = sum(p.numel() for p in backbone.parameters())
+    return finish(cfg, trainer, metrics, backbone.state_dict(), datamodule.data)

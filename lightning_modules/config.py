@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,7 @@ from aligners.prompt import PromptConfig
 from aligners.text_encoder import TextEncoderConfig
 from backbones import backbone_config
 from datamodules.config import DataConfig
-from lightning_modules.align_stage1 import AlignStage1Config
-from lightning_modules.align_stage2 import AlignStage2Config
-from lightning_modules.cf_pretrain import CFPretrainConfig
-from lightning_modules.face import FACEConfig
+from lightning_modules.stages import stage_config
 
 CONF_DIR = Path(os.environ.get("LLMREC_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
 GROUPS = ("data", "backbone", "stage", "llm", "text_encoder", "prompt", "trainer", "logger")
@@ -40,20 +38,6 @@ DEFAULT_CHOICES = {
 }
 # A profile (conf/profile/<name>.yaml) holds per-stage overrides, merged before the command line's.
 DEFAULT_PROFILE = "full"
-STAGE_CONFIGS: dict[str, type] = {
-    "cf_pretrain": CFPretrainConfig,
-    "align_stage1": AlignStage1Config,
-    "align_stage2": AlignStage2Config,
-    "face": FACEConfig,
-}
-# Groups besides seed/data/backbone/stage that a stage's result depends on (for resuming, run dirs).
-STAGE_GROUPS: dict[str, tuple[str, ...]] = {
-    "cf_pretrain": (),
-    "align_stage1": ("text_encoder",),
-    "align_stage2": ("llm", "prompt"),
-    "face": ("llm", "text_encoder"),
-}
-LLM_STAGES = ("align_stage2", "face")
 
 
 @dataclass
@@ -109,6 +93,9 @@ class RunConfig:
 
     seed: int = 42  # (int) seed of initialisation, shuffling and training negatives
     resume: bool = True  # (bool) continue from the run directory's last checkpoint when the config matches
+    run_name: str = ""  # (str) a run directory of its own beside the default one: <default>-<run_name>
+    overwrite: bool = False  # (bool) replace the run saved in the run directory, whatever its config
+    rebuild_stale: bool = False  # (bool) retrain a run whose upstream has changed since (make train-all sets it)
     data: DataConfig = field(default_factory=DataConfig)
     backbone: Any = None
     stage: Any = None
@@ -119,12 +106,18 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
+    def __post_init__(self) -> None:
+        if self.run_name and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.run_name):
+            raise ValueError(f"run_name may hold letters, digits, '_', '-' and '.' only (it names a directory), got {self.run_name!r}")
+
     @property
     def run_dir(self) -> Path:
         if self.paths.run_dir:
             return Path(self.paths.run_dir)
         run_dir = Path(self.paths.runs) / self.data.name / self.stage.name / self.backbone.name
-        return run_dir / self.llm.name if self.stage.name in LLM_STAGES else run_dir
+        if "llm" in type(self.stage).groups:
+            run_dir = run_dir / self.llm.name
+        return run_dir.with_name(f"{run_dir.name}-{self.run_name}") if self.run_name else run_dir
 
     def stage_run_dir(self, stage: str) -> Path:
         """Default run directory of an earlier ``stage`` for this dataset and backbone."""
@@ -210,7 +203,7 @@ def compose(argv: list[str] | None = None, conf_dir: Path = CONF_DIR) -> RunConf
     cfg = OmegaConf.structured(RunConfig)
     with_schema = {
         "backbone": lambda name: backbone_config(name),
-        "stage": lambda name: _stage_config(name),
+        "stage": stage_config,
     }
     for group in GROUPS:
         path, extra = _group_yaml(group, choices[group], conf_dir, overrides, dataset=choices["data"])
@@ -244,12 +237,6 @@ def _apply_profile(cfg: DictConfig, profile: str, stage: str, conf_dir: Path) ->
         return OmegaConf.merge(cfg, section)
     except OmegaConfBaseException as err:
         raise _friendly(err, cfg, f"{path} (section {stage})") from None
-
-
-def _stage_config(name: str) -> type:
-    if name not in STAGE_CONFIGS:
-        raise ValueError(f"unknown stage {name!r}; expected one of {sorted(STAGE_CONFIGS)}")
-    return STAGE_CONFIGS[name]
 
 
 def to_yaml(cfg: RunConfig) -> str:

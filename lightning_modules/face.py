@@ -33,12 +33,14 @@ backbone as it came from ``cf_pretrain`` (``test/backbone/*``).
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import Tensor
 
 from aligners.descriptor_text import (
@@ -46,18 +48,32 @@ from aligners.descriptor_text import (
     DescriptorTextEncoder,
     info_nce,
     relaxed_word_text,
+    shared_word_vocabulary,
     word_usage_entropy,
 )
+from aligners.llm import load_token_embeddings
+from aligners.text_encoder import item_text, load_text_encoder
 from aligners.vq_descriptor import VQDescriptorMapper
+from backbones import BACKBONES
 from backbones.base import Backbone
 from datamodules.batch import SeqBatch
+from datamodules.cache import processed_dir
+from datamodules.datamodule import SeqDataModule
+from lightning_modules.artifacts import frozen_backbone, resolve_upstream
 from lightning_modules.cf_pretrain import CFPretrainModule
+from lightning_modules.face_outputs import encode_texts, face_outputs, user_texts
 from lightning_modules.frozen import FrozenParts
+from lightning_modules.training import begin_stage, device_for, finish, fit_and_test, require_titles
+
+log = logging.getLogger("llmrec")
 
 
 @dataclass
 class FACEConfig:
     """The ``face`` stage (``conf/stage/face.yaml``); official values unless noted there."""
+
+    upstream_stage: ClassVar[str] = "cf_pretrain"
+    groups: ClassVar[tuple[str, ...]] = ("llm", "text_encoder")
 
     name: str = "face"
     init_from: str = ""  # (str) cf_pretrain run dir; "" = runs/<dataset>/cf_pretrain/<backbone>
@@ -247,75 +263,58 @@ class FACEModule(FrozenParts, CFPretrainModule):
         return torch.cat(out)
 
 
-def interpretability_accuracy(
-    query: Tensor, titles: Tensor, targets: Tensor, num_candidates: int, seed: int
-) -> tuple[float, Tensor]:
-    """Accuracy@1 of picking each target among ``num_candidates`` items by text similarity.
-
-    ``query [B, d]``: the encoded descriptor words for each row; ``titles [N+1, d]``: encoded item
-    titles; ``targets [B]``: the items the descriptors belong to. Every row ranks its target against
-    ``num_candidates - 1`` distinct random other items (seeded); ties count against the target.
-    Returns ``(accuracy, candidates [B, C])``.
-    """
-    rng = np.random.default_rng(seed)
-    num_items = titles.shape[0] - 1
-    candidates = np.empty((len(targets), num_candidates), dtype=np.int64)
-    candidates[:, 0] = targets.numpy()
-    for row, target in enumerate(candidates[:, 0]):
-        picks: list[int] = []
-        while len(picks) < num_candidates - 1:
-            item = int(rng.integers(1, num_items + 1))
-            if item != target and item not in picks:
-                picks.append(item)
-        candidates[row, 1:] = picks
-    cands = torch.from_numpy(candidates)
-    sims = torch.einsum("bd,bcd->bc", F.normalize(query.float(), dim=-1), F.normalize(titles.float(), dim=-1)[cands])
-    correct = (sims[:, 1:] >= sims[:, :1]).sum(1) == 0
-    return float(correct.float().mean()), cands
-
-
-@torch.no_grad()
-def entity_vectors(backbone: Backbone, data: Any, max_len: int, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
-    """CF vectors of every user ``[U+1, D]`` (read from their training history) and item ``[N+1, D]``."""
-    from datamodules.datamodule import _gather_padded
-
-    was_training = backbone.training
-    backbone.eval()
-    device = next(backbone.parameters()).device
-    users = torch.arange(1, data.num_users + 1)
-    out = torch.zeros(data.num_users + 1, backbone.hidden_dim)
-    for begin in range(0, len(users), batch_size):
-        ids = users[begin : begin + batch_size]
-        n_train = data.train_length(ids)
-        recent = n_train.clamp(max=max_len)
-        item_seq = _gather_padded(data.seq_items, data.seq_offsets[ids] + n_train - recent, recent, left=True)
-        out[ids] = backbone.encode_user(SeqBatch(user_ids=ids, item_seq=item_seq).to(device)).float().cpu()
-    items = backbone.item_embeddings().detach().float().cpu()
-    backbone.train(was_training)
-    return out, items
+def build_face(cfg: Any, device: str | torch.device = "cpu") -> tuple[SeqDataModule, FACEModule, Any]:
+    """Data as the backbone was trained on, the pretrained backbone (trainable), FACE's mapper over the
+    LLM's word embeddings, the frozen text encoder, and the users' and items' text embeddings.
+    Returns ``(datamodule, module, text_encoder)``."""
+    s = cfg.stage
+    cf_dir = resolve_upstream(cfg)
+    saved = OmegaConf.load(cf_dir / "config.yaml") if (cf_dir / "config.yaml").is_file() else None
+    loss = saved.backbone.loss if saved is not None and "backbone" in saved else cfg.backbone.loss
+    cls = BACKBONES[cfg.backbone.name]
+    negatives = 0 if loss == "ce" else (saved.backbone.num_negatives if saved is not None else cfg.backbone.num_negatives)
+    datamodule = SeqDataModule(cfg.data, input_kind=cls.input_kind, num_negatives=negatives, seed=cfg.seed)
+    datamodule.prepare_data()
+    datamodule.setup()
+    data = datamodule.data
+    require_titles(cfg, data, "FACE aligns descriptors with item and user text")
+    backbone = frozen_backbone(cfg, cf_dir, data).train()
+    text_encoder = load_text_encoder(cfg.text_encoder)
+    if not hasattr(text_encoder, "model"):
+        raise ValueError("FACE reads descriptors through a Transformer text encoder; text_encoder=hashing cannot")
+    llm_embeddings, llm_tokenizer = load_token_embeddings(cfg.llm)
+    sentence_model = text_encoder.model
+    llm_ids, text_ids, words = shared_word_vocabulary(
+        llm_tokenizer, sentence_model[0].tokenizer, s.vocab_size, min_length=s.min_word_length
+    )
+    log.info("FACE vocabulary: %d words (LLM %s, text encoder %s)", len(words), cfg.llm.name, cfg.text_encoder.name)
+    codebook = llm_embeddings[llm_ids]
+    mapper = VQDescriptorMapper(backbone.hidden_dim, codebook, words, s.num_words, s.word_dim, s.dropout, s.lookup)
+    text = DescriptorTextEncoder(sentence_model, s.user_prompt, s.item_prompt, s.text_dtype)
+    bridge = DescriptorBridge(codebook, text.model.get_input_embeddings().weight[text_ids])
+    text_encoder.to(device)
+    batch, cache = cfg.text_encoder.batch_size, processed_dir(cfg.data) / "text_embeddings"
+    texts = [item_text(t, d) for t, d in zip(data.titles, data.descriptions)]
+    items = encode_texts(text_encoder, texts, batch, s.text_dtype, "item texts", cache)
+    users = encode_texts(text_encoder, user_texts(data, s.user_history), batch, s.text_dtype, "user texts", cache)
+    word_text = encode_texts(text_encoder, words, batch, s.text_dtype, "words", cache) if s.word_align_weight > 0 else None
+    module = FACEModule(backbone, s, loss, mapper, bridge, text, users, items, word_text, seed=cfg.seed)
+    return datamodule, module, text_encoder
 
 
-def user_texts(data: Any, history: int) -> list[str]:
-    """``[U+1]`` texts: the titles of each user's ``history`` most recent training items, oldest first."""
-    texts = [""]
-    n_train = data.train_length(torch.arange(data.num_users + 1))
-    for user in range(1, data.num_users + 1):
-        end = int(data.seq_offsets[user]) + int(n_train[user])
-        items = data.seq_items[max(int(data.seq_offsets[user]), end - history) : end].tolist()
-        texts.append("; ".join(" ".join(data.titles[i].split()) for i in items if data.titles[i]) or "No titles")
-    return texts
-
-
-def descriptors_csv(data: Any, item_words: list[list[str]], user_words: list[list[str]]) -> str:
-    """``descriptors.csv``: entity_type, internal_id, raw_id, title, words (space-separated, slot order)."""
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["entity_type", "internal_id", "raw_id", "title", "words"])
-    for item, words in enumerate(item_words, start=1):
-        writer.writerow(["item", item, data.item_raw[item], data.titles[item], " ".join(words)])
-    for user, words in enumerate(user_words, start=1):
-        writer.writerow(["user", user, data.user_raw[user], "", " ".join(words)])
-    return buffer.getvalue()
+def run_face(cfg: Any) -> dict[str, Any]:
+    """FACE: map then align phases on the pretrained backbone; test it against the backbone as loaded;
+    write ``descriptors.csv`` and the interpretability scores."""
+    start = begin_stage(cfg)
+    if start.finished is not None:
+        return start.finished
+    datamodule, module, text_encoder = build_face(cfg, device_for(cfg))
+    s = cfg.stage
+    trainer, metrics = fit_and_test(cfg, module, datamodule, start.resume, s.monitor, s.patience, s.max_epochs)
+    if trainer.is_global_zero:
+        metrics.update(face_outputs(cfg, module, text_encoder, datamodule.data))
+    metrics["llm"] = cfg.llm.name
+    metrics["loss"] = module.loss_name
+    metrics["num_trained_parameters"] = sum(p.numel() for p in module.mapper.parameters())
+    weights = {"backbone": module.backbone.state_dict(), "mapper": module.mapper.state_dict()}
+    return finish(cfg, trainer, metrics, weights, datamodule.data)

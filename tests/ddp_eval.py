@@ -20,8 +20,8 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from callbacks.ranking import RankingMetricsCallback  # noqa: E402
+from lightning_modules.cf_pretrain import build_cf_pretrain  # noqa: E402
 from lightning_modules.config import compose  # noqa: E402
-from lightning_modules.run import build_cf_pretrain  # noqa: E402
 
 
 def main() -> None:

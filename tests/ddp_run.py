@@ -38,7 +38,8 @@ def stage_args(root: str, stage: str, devices: int) -> list[str]:
 
 
 def _build(cfg):
-    from lightning_modules.run import build_align_stage1, build_cf_pretrain
+    from lightning_modules.align_stage1 import build_align_stage1
+    from lightning_modules.cf_pretrain import build_cf_pretrain
 
     return {"cf_pretrain": build_cf_pretrain, "align_stage1": build_align_stage1}[cfg.stage.name](cfg)
 

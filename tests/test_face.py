@@ -115,7 +115,7 @@ def pretrained(tmp_path, tiny_word_llm_dir, tiny_sentence_encoder_dir):
 
 def test_face_loss_decreases_on_synthetic_data(pretrained, tiny_word_llm_dir, tiny_sentence_encoder_dir):
     from lightning_modules.config import compose
-    from lightning_modules.run import build_face
+    from lightning_modules.face import build_face
 
     cfg = compose(_face_stage(pretrained, tiny_word_llm_dir, tiny_sentence_encoder_dir, "stage.map_epochs=0", "stage.dropout=0.0",
                                    "stage.align_weight=0.1",  # the official alignment next to the word-level one

@@ -10,9 +10,10 @@ import torch
 from aligners.llm_ops import greedy_generate, pad, prompt_forward, score_continuations
 from aligners.llm_projector import splice
 from aligners.prompt import CANDIDATE_TOKEN, HISTORY_TOKEN, USER_TOKEN, PromptBuilder, PromptConfig, parse_answer
-from lightning_modules.align_stage2 import _orders
+from lightning_modules.align_stage1 import build_align_stage1
+from lightning_modules.align_stage2 import _orders, build_align_stage2
 from lightning_modules.config import compose
-from lightning_modules.run import build_align_stage1, build_align_stage2, run
+from lightning_modules.run import run
 from tests.conftest import llm_args
 
 

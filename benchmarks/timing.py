@@ -1,0 +1,68 @@
+"""Timing helpers shared by the benchmarks: peak memory, device sync, training and evaluation throughput."""
+
+from __future__ import annotations
+
+import time
+
+
+def peak_mib(device) -> float:
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_training(module, loader, steps: int, device, tokens: bool = False) -> dict:
+    """Samples per second over ``steps`` optimiser steps after one warm-up step; with ``tokens``,
+    also tokens per second from the module's ``last_tokens`` (stage 2)."""
+    optimizer = module.configure_optimizers()
+    module.to(device).train()
+    module.log = lambda *args, **kwargs: None  # no trainer attached
+    batches = iter(loader)
+    samples = n_tokens = 0
+    seconds = 0.0
+    for step in range(steps + 1):
+        try:
+            batch = next(batches).to(device)
+        except StopIteration:
+            batches = iter(loader)
+            batch = next(batches).to(device)
+        start = time.perf_counter()
+        loss = module.training_step(batch, step)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        if step:
+            seconds += time.perf_counter() - start
+            samples += len(batch)
+            n_tokens += module.last_tokens if tokens else 0
+    out = {"train_steps": steps, "train_samples_per_second": round(samples / seconds, 3)}
+    if tokens:
+        out["train_tokens_per_second"] = round(n_tokens / seconds, 1)
+    return out
+
+
+def time_evaluation(module, loader, device) -> dict:
+    """Evaluation users per second of the module's ``test_step`` over ``loader``."""
+    import torch
+
+    module.to(device).eval()
+    users = 0
+    start = time.perf_counter()
+    with torch.no_grad():
+        for step, batch in enumerate(loader):
+            module.test_step(batch.to(device), step)
+            users += len(batch)
+    sync(device)
+    return {"eval_users": users, "eval_users_per_second": round(users / (time.perf_counter() - start), 3)}
