@@ -26,8 +26,22 @@ from datamodules.batch import SeqBatch
 from datamodules.constants import PAD_ID
 
 
+def check_finite(scores: Tensor, what: str) -> None:
+    """Refuse NaN and infinite scores: compared with ``>=`` a NaN is never ahead of anything, so a NaN
+    target would rank first (a free hit) and NaN others would never outrank it."""
+    finite = torch.isfinite(scores)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(
+            f"{what}: {bad} of {scores.numel()} scores are NaN or infinite; the model's outputs diverged or "
+            "are undefined (check the training loss and learning rate). Ranking metrics refuse them rather than "
+            "counting them as hits or misses"
+        )
+
+
 def sampled_ranks(scores: Tensor) -> Tensor:
-    """0-based rank of column 0 among ``scores [B, C]`` (ties against it) -> ``[B]``."""
+    """0-based rank of column 0 among ``scores [B, C]`` (ties against it) -> ``[B]``; non-finite scores raise."""
+    check_finite(scores, "sampled ranking")
     return (scores[:, 1:] >= scores[:, :1]).sum(dim=1)
 
 
@@ -35,8 +49,9 @@ def full_ranks(scores: Tensor, targets: Tensor, history: Tensor) -> Tensor:
     """0-based rank of ``targets [B]`` among all items ``scores [B, N+1]``.
 
     The padding column and the user's earlier items ``history [B, H]`` (right-padded) are excluded,
-    except the target itself should it appear there (a repeat purchase).
+    except the target itself should it appear there (a repeat purchase). Non-finite scores raise.
     """
+    check_finite(scores, "full ranking")
     scores = scores.float().clone()
     target_scores = scores.gather(1, targets.unsqueeze(1))
     scores[:, PAD_ID] = float("-inf")
@@ -57,24 +72,26 @@ def multi_target_positions(scores: Tensor, targets: Tensor, history: Tensor, max
     target comes first, so the ``i``-th best target sits at (non-targets scoring at least as
     high) + ``i``. Without ties these are the positions in ``torch.topk``'s order, which is
     what RLMRec uses. Positions ``>= max_k``, and the padding of ``targets``, read ``max_k``.
+    Non-finite scores raise.
     """
     if targets.dim() != 2 or scores.dim() != 2 or targets.shape[0] != scores.shape[0]:
         raise ValueError(
             f"scores must be [B, N+1] and targets [B, T], got shapes {tuple(scores.shape)} and {tuple(targets.shape)}"
         )
+    check_finite(scores, "multi-target full ranking")
     masked = scores.float().clone()
     masked[:, PAD_ID] = float("-inf")
     if history.numel():
         masked.scatter_(1, history, float("-inf"))
     valid = targets != PAD_ID
-    target_scores = masked.gather(1, targets).nan_to_num(nan=float("-inf")).masked_fill(~valid, float("-inf"))
+    target_scores = masked.gather(1, targets).masked_fill(~valid, float("-inf"))
     others = masked.scatter(1, targets, float("-inf"))  # non-targets only
     top = others.topk(min(max_k, others.shape[1]), dim=1).values  # [B, k]
     # Non-targets scoring >= each target; exact below max_k, which is all that matters.
     ahead = (top.unsqueeze(1) >= target_scores.unsqueeze(2)).sum(-1)
     target_scores, order = target_scores.sort(dim=1, descending=True)
     positions = ahead.gather(1, order) + torch.arange(targets.shape[1], device=targets.device)
-    # Masked targets (and NaN scores) are never hits, even where -inf scores fill the top.
+    # Masked targets are never hits, even where -inf scores fill the top.
     rankable = target_scores > float("-inf")
     return positions.masked_fill(~rankable, max_k).clamp(max=max_k)
 

@@ -22,6 +22,7 @@ from backbones.base import Backbone
 from callbacks.artifacts import write_weights
 from datamodules.batch import SeqBatch
 from datamodules.datamodule import SeqDataModule
+from datamodules.sources import DataFormatError
 from lightning_modules.artifacts import frozen_backbone, resolve_upstream
 from lightning_modules.frozen import FrozenParts
 from lightning_modules.training import begin_stage, finish, fit_and_test, require_titles
@@ -165,7 +166,7 @@ def alignment_data(cfg: Any, stage_cfg: Any, num_negatives: int) -> SeqDataModul
     datamodule.setup()
     require_titles(cfg, datamodule.data, "A-LLMRec aligns item embeddings with item text")
     if not datamodule.data.has_candidates:
-        raise ValueError(
+        raise DataFormatError(
             f"data={cfg.data.name} (source {cfg.data.source}) has no sampled evaluation candidates; A-LLMRec picks "
             "the next item among them. Use an Amazon or prepared dataset (rlmrec data is for cf_pretrain and FACE's full ranking)"
         )

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from backbones.base import Backbone
+from callbacks.ranking import check_finite
 from callbacks.artifacts import write_text, write_weights
 from datamodules.batch import SeqBatch
 from datamodules.cache import processed_dir
@@ -65,6 +66,7 @@ def interpretability_accuracy(
         candidates[row, 1:] = picks
     cands = torch.from_numpy(candidates)
     sims = torch.einsum("bd,bcd->bc", F.normalize(query.float(), dim=-1), F.normalize(titles.float(), dim=-1)[cands])
+    check_finite(sims, "interpretability accuracy")
     correct = (sims[:, 1:] >= sims[:, :1]).sum(1) == 0
     return float(correct.float().mean()), cands
 

@@ -63,7 +63,7 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
         for key, value in node.items():
             out.update(_flatten(value, f"{prefix}{key}."))
         return out
-    return {prefix[:-1]: node}
+    return {prefix[:-1]: list(node) if isinstance(node, tuple) else node}  # as saved: YAML has lists only
 
 
 def identity(config: dict[str, Any], stage_groups: tuple[str, ...]) -> dict[str, Any]:
@@ -99,7 +99,7 @@ def load_config(path: Path) -> dict[str, Any]:
     try:
         node = OmegaConf.load(path)
     except Exception as err:  # YAML syntax, encoding, permissions: all mean "not a config we can trust"
-        raise RunDirError(f"cannot read {path} ({type(err).__name__}: {err})") from None
+        raise RunDirError(f"cannot read {path} ({type(err).__name__}: {' '.join(str(err).split())})") from None
     config = OmegaConf.to_container(node) if isinstance(node, DictConfig) else None
     if not isinstance(config, dict) or not isinstance(config.get("stage"), dict):
         raise RunDirError(f"{path} is not a run's config.yaml (no stage section)")

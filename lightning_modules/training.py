@@ -27,6 +27,7 @@ from callbacks.loggers import build_loggers, log_run_results
 from callbacks.ranking import RankingMetricsCallback
 from callbacks.resume import RandomStateCallback
 from callbacks.timing import TimingCallback
+from datamodules.sources import DataFormatError
 from lightning_modules.artifacts import check_run_dir, resolve_upstream
 from lightning_modules.rundir import RunStart, begin_run
 
@@ -56,7 +57,7 @@ def device_for(cfg: Any) -> torch.device:
 def require_titles(cfg: Any, data: Any, why: str) -> None:
     """A clear error for a text stage on data without item titles (``rlmrec``)."""
     if not any(data.titles[1:]):
-        raise ValueError(
+        raise DataFormatError(
             f"data={cfg.data.name} (source {cfg.data.source}) has no item titles; {why}. "
             "Use an Amazon or prepared dataset whose items.csv has titles"
         )

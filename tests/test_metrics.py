@@ -43,3 +43,22 @@ def test_full_ranks_mask_padding_and_history_but_not_the_target() -> None:
     history = torch.tensor([[4, 2, 0]])  # the target also appears in history (a repeat): still ranked
     assert full_ranks(scores, torch.tensor([2]), history).tolist() == [1]  # only item 5 is above it
     assert full_ranks(scores, torch.tensor([2]), torch.zeros(1, 0, dtype=torch.long)).tolist() == [2]
+
+
+def test_non_finite_scores_raise_in_every_ranking_path() -> None:
+    import pytest
+
+    from callbacks.ranking import multi_target_positions
+    from lightning_modules.face_outputs import interpretability_accuracy
+
+    nan_target = torch.tensor([[float("nan"), 1.0, 2.0]])  # compared with >=, a NaN target would be a free hit
+    with pytest.raises(ValueError, match="sampled ranking: 1 of 3 scores are NaN or infinite"):
+        sampled_ranks(nan_target)
+    with pytest.raises(ValueError, match="full ranking"):
+        full_ranks(torch.tensor([[0.0, float("inf"), 1.0, 2.0]]), torch.tensor([1]), torch.zeros(1, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match="multi-target full ranking"):
+        multi_target_positions(torch.tensor([[0.0, float("nan"), 1.0]]), torch.tensor([[1]]), torch.zeros(1, 0, dtype=torch.long), 2)
+    titles = torch.randn(12, 4)
+    with pytest.raises(ValueError, match="interpretability accuracy"):
+        interpretability_accuracy(torch.full((2, 4), float("nan")), titles, torch.tensor([1, 2]), 3, seed=0)
+    assert sampled_ranks(torch.tensor([[3.0, 1.0, 2.0]])).tolist() == [0]  # finite scores still rank
