@@ -110,8 +110,8 @@ bench-llm: $(S1_DONE)  ## stage-2 training samples/s and tokens/s, evaluation us
 report:  ## markdown table of every metrics.json under runs/DATASET (LOGGER=wandb: also a W&B bar chart of the stages)
 	$(PY) -m benchmarks.report $(RUNS)/$(DATASET) $(if $(filter wandb,$(LOGGER)),--wandb)
 
-smoke:  ## every backbone for one epoch on synthetic data (CPU, about a minute)
-	for b in sasrec gru4rec nextitnet ncf lightgcn pop; do \
+smoke:  ## every registered backbone for one epoch on synthetic data (CPU, about a minute)
+	for b in $$($(PY) -c "from backbones import BACKBONES; print(*BACKBONES)"); do \
 		$(PY) -m lightning_modules.run data=synthetic backbone=$$b trainer=cpu logger=none paths.runs=$(RUNS)/smoke stage.max_epochs=1 || exit 1; \
 	done
 

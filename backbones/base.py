@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +21,11 @@ class BackboneConfig:
     ``loss``: ``ce`` = full softmax cross-entropy over all items (default), ``bce`` = binary
     cross-entropy with ``num_negatives`` uniform negatives per target (the SASRec/NCF papers),
     ``bpr`` = Bayesian personalised ranking with the same negatives (LightGCN paper).
+
+    ``tiny`` (class attribute): overrides that make the model seconds-fast, for tests and smoke runs.
     """
+
+    tiny: ClassVar[dict[str, Any]] = {}
 
     name: str = "?"
     hidden_dim: int = 64
@@ -81,8 +85,10 @@ class Backbone(nn.Module):
     - ``trainable``: False for models with nothing to fit (the popularity baseline).
     - ``dot_product_scores``: scores are ``encode_user @ item_embeddings().T`` (False for NCF's MLP),
       which lets the training loss use the chunked full-softmax.
+    - ``config_class``: its config dataclass (the ``backbone`` group's schema).
     """
 
+    config_class: type[BackboneConfig] = BackboneConfig
     input_kind: str = "sequence"
     needs_interactions: bool = False
     trainable: bool = True

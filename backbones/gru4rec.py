@@ -9,6 +9,7 @@ product with the item embedding table.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,8 @@ from datamodules.constants import PAD_ID
 
 @dataclass
 class GRU4RecConfig(SequentialConfig):
+    tiny: ClassVar[dict[str, Any]] = dict(hidden_dim=16, num_layers=2)
+
     name: str = "gru4rec"
     hidden_dim: int = 64  # (int) item embedding size = GRU hidden size
     num_layers: int = 1  # (int) stacked GRU layers
@@ -37,6 +40,8 @@ class GRU4Rec(SequentialBackbone):
 
     ``sequence_output(item_seq [B, L]) -> [B, L, D]`` is zero at padding positions.
     """
+
+    config_class = GRU4RecConfig
 
     def __init__(self, cfg: GRU4RecConfig, num_items: int, num_users: int | None = None) -> None:
         super().__init__(cfg, num_items)

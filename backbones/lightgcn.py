@@ -9,6 +9,7 @@ the layer outputs (layer 0 included) and a score is the dot product of user and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,8 @@ from datamodules.constants import PAD_ID
 
 @dataclass
 class LightGCNConfig(BackboneConfig):
+    tiny: ClassVar[dict[str, Any]] = dict(hidden_dim=16, num_layers=2)
+
     name: str = "lightgcn"
     hidden_dim: int = 64  # (int) embedding size
     num_layers: int = 3  # (int) propagation layers K (the paper's best setting)
@@ -99,6 +102,8 @@ class LightGCN(Backbone):
     Every call propagates at most once. In eval mode the propagated tables are cached (when they
     carry no autograd graph) until ``train()`` is called or a parameter changes.
     """
+
+    config_class = LightGCNConfig
 
     input_kind = "user"
     needs_interactions = True

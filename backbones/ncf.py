@@ -9,6 +9,7 @@ of both branches gives the score (a logit; the training module chooses the loss)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,8 @@ from datamodules.constants import PAD_ID
 
 @dataclass
 class NCFConfig(BackboneConfig):
+    tiny: ClassVar[dict[str, Any]] = dict(hidden_dim=8, mlp_layers=[16, 12, 8])
+
     name: str = "ncf"
     hidden_dim: int = 64  # (int) GMF factor size
     # (list) MLP tower as in the paper's code: mlp_layers[0] is the MLP input (user and item
@@ -52,6 +55,8 @@ class NCF(Backbone):
     - ``score(batch, item_ids [B, C]) -> [B, C]``: the NeuMF head (not a dot product)
     - ``score_all(batch) -> [B, N]``: the same for every item, chunked over items
     """
+
+    config_class = NCFConfig
 
     input_kind = "user"
     dot_product_scores = False

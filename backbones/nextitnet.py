@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,8 @@ from datamodules.constants import PAD_ID
 
 @dataclass
 class NextItNetConfig(SequentialConfig):
+    tiny: ClassVar[dict[str, Any]] = dict(hidden_dim=16, dilations=[1, 2, 4])
+
     name: str = "nextitnet"
     hidden_dim: int = 64  # (int) item embedding size = residual channels
     dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 1, 2, 4])  # (list) one residual block each
@@ -72,6 +75,8 @@ class NextItNet(SequentialBackbone):
 
     ``sequence_output(item_seq [B, L]) -> [B, L, D]`` is zero at padding positions.
     """
+
+    config_class = NextItNetConfig
 
     def __init__(self, cfg: NextItNetConfig, num_items: int, num_users: int | None = None) -> None:
         super().__init__(cfg, num_items)

@@ -33,6 +33,8 @@ class Pop(Backbone):
     - ``score(batch, item_ids [B, C]) -> [B, C]``, ``score_all(batch) -> [B, N]``: the counts
     """
 
+    config_class = PopConfig
+
     input_kind = "user"
     needs_interactions = True
     trainable = False

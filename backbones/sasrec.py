@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,8 @@ from backbones.base import SequentialBackbone, SequentialConfig, pad_mask, right
 
 @dataclass
 class SASRecConfig(SequentialConfig):
+    tiny: ClassVar[dict[str, Any]] = dict(hidden_dim=16, num_layers=1, num_heads=2)
+
     name: str = "sasrec"
     hidden_dim: int = 64
     num_layers: int = 2
@@ -64,6 +67,8 @@ class SASRec(SequentialBackbone):
 
     ``sequence_output(item_seq [B, L]) -> [B, L, D]``; the user is the state at the last column.
     """
+
+    config_class = SASRecConfig
 
     def __init__(self, cfg: SASRecConfig, num_items: int, num_users: int | None = None) -> None:
         super().__init__(cfg, num_items)

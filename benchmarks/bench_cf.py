@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-ALL = ("sasrec", "gru4rec", "nextitnet", "ncf", "lightgcn", "pop")
+from backbones import BACKBONES
 
 
 def bench_backbone(name: str, overrides: list[str], epochs: int) -> dict:
@@ -76,7 +76,7 @@ def bench_backbone(name: str, overrides: list[str], epochs: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbones", default=",".join(ALL))
+    parser.add_argument("--backbones", default=",".join(BACKBONES))
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--out", default="")
     parser.add_argument("--one", default="", help=argparse.SUPPRESS)

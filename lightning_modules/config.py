@@ -20,9 +20,9 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from aligners.llm import LLMConfig
 from aligners.prompt import PromptConfig
 from aligners.text_encoder import TextEncoderConfig
-from backbones import backbone_config
+from backbones import BACKBONES, backbone_config
 from datamodules.config import DataConfig
-from lightning_modules.stages import stage_config
+from lightning_modules.stages import STAGES, stage_config
 
 CONF_DIR = Path(os.environ.get("LLMREC_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
 GROUPS = ("data", "backbone", "stage", "llm", "text_encoder", "prompt", "trainer", "logger")
@@ -36,6 +36,8 @@ DEFAULT_CHOICES = {
     "trainer": "auto",
     "logger": "csv",
 }
+# Groups whose options are a registry of classes (a YAML file per option is optional).
+REGISTRIES: dict[str, dict[str, Any]] = {"backbone": BACKBONES, "stage": STAGES}
 # A profile (conf/profile/<name>.yaml) holds per-stage overrides, merged before the command line's.
 DEFAULT_PROFILE = "full"
 
@@ -125,7 +127,10 @@ class RunConfig:
 
 
 def options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
-    """The YAML options of a config group, e.g. ``options("data") -> ["beauty", "synthetic", ...]``."""
+    """The options of a config group, e.g. ``options("data") -> ["beauty", "synthetic", ...]``: the
+    registry's names for ``backbone`` and ``stage`` (their YAML files are optional), else the YAML files."""
+    if group in REGISTRIES:
+        return sorted(REGISTRIES[group])
     return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
 
 
@@ -150,11 +155,16 @@ def _override_value(overrides: list[str], key: str) -> str | None:
     return None
 
 
-def _group_yaml(group: str, choice: str, conf_dir: Path, overrides: list[str], dataset: str = "") -> tuple[Path, dict[str, Any]]:
+def _group_yaml(group: str, choice: str, conf_dir: Path, overrides: list[str], dataset: str = "") -> tuple[Path | None, dict[str, Any]]:
+    """The YAML file of ``group=choice`` (None: the dataclass defaults alone) and values merged after it."""
     if group == "prompt" and choice == "auto":
         choice = dataset if (conf_dir / "prompt" / f"{dataset}.yaml").is_file() else "default"
     path = conf_dir / group / f"{choice}.yaml"
     extra: dict[str, Any] = {}
+    if group in REGISTRIES:
+        if choice not in REGISTRIES[group]:
+            raise ValueError(f"unknown {group} {choice!r}; expected one of {options(group)}")
+        return (path if path.is_file() else None), {"name": choice}
     if not path.is_file() and group == "data":
         # Bring-your-own data: an unknown dataset name with a prepared folder uses the prepared recipe,
         # and rlmrec_<name> uses the RLMRec recipe (its folder is checked when the data is read).
@@ -209,9 +219,9 @@ def compose(argv: list[str] | None = None, conf_dir: Path = CONF_DIR) -> RunConf
         path, extra = _group_yaml(group, choices[group], conf_dir, overrides, dataset=choices["data"])
         node = OmegaConf.structured(with_schema[group](choices[group])) if group in with_schema else cfg[group]
         try:
-            node = OmegaConf.merge(node, OmegaConf.load(path), extra)
+            node = OmegaConf.merge(node, OmegaConf.load(path) if path else {}, extra)
         except OmegaConfBaseException as err:
-            raise _friendly(err, node, str(path), prefix=group) from None
+            raise _friendly(err, node, str(path or f"the {group} defaults"), prefix=group) from None
         cfg[group] = node
     cfg = _apply_profile(cfg, choices["profile"], choices["stage"], conf_dir)
     try:

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from backbones.base import Backbone
-from callbacks.ranking import check_finite
 from callbacks.artifacts import write_text, write_weights
+from callbacks.ranking import check_finite
 from datamodules.batch import SeqBatch
 from datamodules.cache import processed_dir
 from datamodules.datamodule import gather_padded

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backbones import BACKBONE_CONFIGS, BACKBONES, Backbone, RecBackbone, backbone_config, build_backbone
+from backbones import BACKBONES, Backbone, RecBackbone, backbone_config, build_backbone
 from backbones.lightgcn import LightGCN
 from backbones.ncf import NCF, NCFConfig
 from backbones.pop import Pop, PopConfig
@@ -17,14 +17,6 @@ NUM_USERS = 10
 SEQ_LEN = 12
 NUM_CANDIDATES = 7
 
-TINY = {
-    "sasrec": dict(hidden_dim=16, num_layers=1, num_heads=2),
-    "gru4rec": dict(hidden_dim=16, num_layers=2),
-    "nextitnet": dict(hidden_dim=16, dilations=[1, 2, 4]),
-    "ncf": dict(hidden_dim=8, mlp_layers=[16, 12, 8]),
-    "lightgcn": dict(hidden_dim=16, num_layers=2),
-    "pop": dict(),
-}
 SEQUENTIAL = [name for name in BACKBONES if BACKBONES[name].input_kind == "sequence"]
 
 
@@ -37,7 +29,7 @@ def _interactions(seed: int = 0) -> torch.Tensor:
 
 def _build(name: str) -> Backbone:
     torch.manual_seed(0)
-    cfg = backbone_config(name)(**TINY[name])
+    cfg = backbone_config(name)(**backbone_config(name).tiny)
     return build_backbone(cfg, NUM_ITEMS, NUM_USERS, interactions=_interactions())
 
 
@@ -61,10 +53,10 @@ def model(request) -> Backbone:
     return _build(request.param).eval()
 
 
-def test_registry_keys_match_configs():
-    assert list(BACKBONES) == list(BACKBONE_CONFIGS)
-    for name, cfg_cls in BACKBONE_CONFIGS.items():
-        assert cfg_cls().name == name
+def test_registry_keys_match_configs_and_files():
+    for name, cls in BACKBONES.items():
+        assert cls.config_class().name == name
+        assert cls.__module__ == f"backbones.{name}"  # keys equal module file names
 
 
 def test_shapes(model: Backbone):

@@ -15,6 +15,7 @@ from datamodules.datamodule import SeqDataModule
 from lightning_modules.config import compose
 from tests.conftest import BEAUTY_PREPARED, tiny_args
 
+
 def _datamodule(cfg, kind: str) -> SeqDataModule:
     dm = SeqDataModule(cfg.data, input_kind=kind, num_negatives=2, seed=0)
     dm.prepare_data()

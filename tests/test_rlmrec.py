@@ -267,10 +267,10 @@ def test_cf_pretrain_on_rlmrec_logs_full_ranking_metrics_only(tmp_path: Path, ba
     metrics = run(compose(args))
     run_dir = tmp_path / "runs" / "rlmrec_tiny" / "cf_pretrain" / backbone
     written = json.loads((run_dir / "metrics.json").read_text())
-    for k in (5, 10, 20):
-        for name in ("recall", "ndcg"):
-            value = written[f"test/full/{name}@{k}"]
-            assert value is not None and 0.0 <= value <= 1.0
+    for name in ("recall", "ndcg"):  # a longer list finds at least as many targets
+        values = [written[f"test/full/{name}@{k}"] for k in (5, 10, 20)]
+        assert None not in values and values == sorted(values), (name, values)
+    assert written["test/full/recall@20"] > 0
     assert written["test/full/recall@20"] == pytest.approx(metrics["test/full/recall@20"])
     assert written["best_val/full/ndcg@10"] is not None  # the stage's default monitor exists
     assert written["num_eval_users"] == 60 and written["epochs"] == 1

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from lightning_modules.config import compose
-from lightning_modules.rundir import RunDirError, StageArtifactError
 from lightning_modules.run import main, run
+from lightning_modules.rundir import RunDirError, StageArtifactError
 from tests.conftest import tiny_args
 
 ROOT = Path(__file__).resolve().parents[1]

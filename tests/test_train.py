@@ -34,10 +34,15 @@ def test_every_backbone_trains_and_writes_artifacts(tmp_path: Path, name: str) -
 
 
 @pytest.mark.parametrize("loss", ["bce", "bpr"])
-def test_sampled_losses_train(tmp_path: Path, loss: str) -> None:
-    for name in ("sasrec", "lightgcn"):
-        metrics = run(compose(tiny_args(tmp_path, name, f"backbone.loss={loss}", "backbone.num_negatives=2")))
-        assert 0.0 <= metrics["test/hit@1"] <= 1.0
+def test_sampled_losses_learn_more_than_popularity(tmp_path: Path, loss: str) -> None:
+    args = ("data.synthetic_users=300", "stage.max_epochs=6", f"backbone.loss={loss}", "backbone.num_negatives=2")
+    pop = run(compose(tiny_args(tmp_path, "pop", *args)))
+    sasrec = run(compose(tiny_args(tmp_path, "sasrec", *args)))
+    lightgcn = run(compose(tiny_args(tmp_path, "lightgcn", *args)))
+    # measured: pop 0.02 / 0.28, SASRec about 0.3 / 0.95, LightGCN 0.07 / 0.41 (Hit@1 / full Hit@10)
+    assert sasrec["test/hit@1"] > 0.2 and sasrec["test/full/hit@10"] > 0.8
+    assert lightgcn["test/full/hit@10"] > pop["test/full/hit@10"] + 0.05
+    assert lightgcn["test/hit@1"] > pop["test/hit@1"]
 
 
 def test_same_seed_same_metrics(tmp_path: Path) -> None:
@@ -51,14 +56,6 @@ def test_sasrec_learns_the_synthetic_pattern(tmp_path: Path) -> None:
     metrics = run(compose(tiny_args(tmp_path, "sasrec", "stage.max_epochs=8", "data.synthetic_users=300")))
     assert metrics["test/hit@1"] > 0.2  # random: 1/20
     assert metrics["test/full/hit@10"] > 0.6  # random: 10 of 40 items
-
-
-def test_rerun_resumes_from_the_last_checkpoint(tmp_path: Path) -> None:
-    run(compose(tiny_args(tmp_path, "gru4rec", "stage.max_epochs=1")))
-    # Same config with a larger budget: continues from epoch 1 instead of starting over.
-    metrics = run(compose(tiny_args(tmp_path, "gru4rec", "stage.max_epochs=2")))
-    assert metrics["epochs"] == 2
-    assert metrics["seconds_per_epoch"] > 0
 
 
 def test_main_reports_config_errors_without_a_traceback(capsys, caplog) -> None:
