@@ -10,7 +10,8 @@ import torch
 
 from datamodules.cache import ensure_processed, processed_dir
 from datamodules.constants import PAD_ID
-from datamodules.datamodule import BucketBatchSampler, EvalData, SeqDataModule, ShardedEvalSampler
+from datamodules.datamodule import EvalData, SeqDataModule
+from datamodules.samplers import BucketBatchSampler, ShardedEvalSampler
 from lightning_modules.config import compose
 from tests.conftest import tiny_args
 
