@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.test_face import _face_args
 
 
+@pytest.mark.slow  # four stage processes, about a minute: make test-full
 def test_bench_suite_writes_every_stage_figures(tmp_path, tiny_word_llm_dir, tiny_sentence_encoder_dir, monkeypatch):
     from benchmarks.bench import main as bench
     from lightning_modules.run import main

@@ -30,7 +30,8 @@ def _run(tmp_path: Path, devices: int, backbone: str = "sasrec", *overrides: str
 
 
 @pytest.mark.ddp
-@pytest.mark.parametrize("backbone", ["sasrec", "lightgcn"])  # LightGCN: a sparse buffer DDP must not broadcast
+# LightGCN: a sparse buffer DDP must not broadcast (about 30 s each, so LightGCN's runs in make test-full)
+@pytest.mark.parametrize("backbone", ["sasrec", pytest.param("lightgcn", marks=pytest.mark.slow)])
 def test_two_process_ddp_evaluation_matches_one_process(tmp_path: Path, backbone: str) -> None:
     single = _run(tmp_path, 1, backbone)
     double = _run(tmp_path, 2, backbone)
@@ -39,6 +40,7 @@ def test_two_process_ddp_evaluation_matches_one_process(tmp_path: Path, backbone
     assert double == single
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_two_process_stage_runs_test_exactly_as_one_process_on_their_checkpoint(tmp_path: Path) -> None:
     """cf_pretrain then align_stage1 through the entry point on 2 CPU ranks (gloo); each run's test
@@ -55,6 +57,7 @@ def test_two_process_stage_runs_test_exactly_as_one_process_on_their_checkpoint(
         assert {k: v for k, v in written.items() if k.startswith("test/")} == single
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 @pytest.mark.parametrize("stage", ["cf_pretrain", "align_stage1"])
 def test_two_ranks_train_on_disjoint_users_in_an_epoch(tmp_path: Path, stage: str) -> None:
