@@ -184,7 +184,8 @@ def check_upstream(run_dir: Path, stage: str, hint: str) -> dict[str, Any]:
     if reasons:
         raise StageArtifactError(
             f"{run_dir} is stale: it was built on an earlier run that changed since ({'; '.join(reasons)}). "
-            f"Rebuild it with `{make_command(saved, 'rebuild_stale=true')}`, or run `make train-all`, which rebuilds stale stages"
+            f"Rebuild it with `{make_command(saved, 'rebuild_stale=true')}` (plus the PROFILE and ARGS it was made with), "
+            "or run `make train-all`, which rebuilds stale stages"
         )
     return saved
 
@@ -239,7 +240,8 @@ def begin_run(cfg: Any, stage_groups: tuple[str, ...], upstream: Path | None) ->
         if reasons and not cfg.rebuild_stale:
             raise RunDirError(
                 f"{run_dir} holds a stale run: {'; '.join(reasons)}. Nothing was changed. Retrain it on the current "
-                f"upstream with `{make_command(current, 'rebuild_stale=true')}` (make train-all does this), or keep it "
+                f"upstream by adding rebuild_stale=true: `{make_command(current, 'rebuild_stale=true')}` with this "
+                "run's PROFILE and ARGS (make train-all does this), or keep it "
                 "and write the new run elsewhere with run_name=NAME"
             )
         if reasons:
@@ -266,7 +268,10 @@ def begin_run(cfg: Any, stage_groups: tuple[str, ...], upstream: Path | None) ->
 def _stale_against(run_dir: Path, records: dict[str, dict[str, Any]]) -> list[str]:
     """How the upstream recorded in ``run_dir`` differs from what this run reads now (``records``)."""
     path = run_dir / "upstream.json"
-    saved = json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():  # a run from before upstream records: nothing to compare against
+        log.warning("%s has no upstream.json (it predates upstream records); its upstream is not checked", run_dir)
+        return []
+    saved = json.loads(path.read_text())
     reasons = []
     for stage in sorted(saved.keys() | records.keys()):
         old, new = saved.get(stage), records.get(stage)
