@@ -196,7 +196,7 @@ def run_align_stage1(cfg: Any) -> dict[str, Any]:
         return start.finished
     datamodule, module = build_align_stage1(cfg)
     s = cfg.stage
-    trainer, metrics = fit_and_test(cfg, module, datamodule, start.resume, s.monitor, s.patience, s.max_epochs)
+    trainer, metrics = fit_and_test(cfg, module, datamodule, start, s.monitor, s.patience, s.max_epochs)
     if trainer.is_global_zero:
         write_weights(cfg.run_dir / "text_latents.pt", {"text_latents": module.text_latents()})
     metrics["num_trained_parameters"] = sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -347,7 +347,7 @@ def run_align_stage2(cfg: Any) -> dict[str, Any]:
         return start.finished
     datamodule, module = build_align_stage2(cfg, device_for(cfg))
     s = cfg.stage
-    trainer, metrics = fit_and_test(cfg, module, datamodule, start.resume, s.monitor, 0, s.max_epochs, validate=s.validate)
+    trainer, metrics = fit_and_test(cfg, module, datamodule, start, s.monitor, 0, s.max_epochs, validate=s.validate)
     metrics["llm"] = cfg.llm.name
     metrics["num_trained_parameters"] = sum(p.numel() for p in module.projector.parameters())
     metrics["num_train_users"] = len(datamodule.train_data)

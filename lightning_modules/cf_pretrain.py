@@ -167,7 +167,7 @@ def run_cf_pretrain(cfg: Any) -> dict[str, Any]:
     datamodule, module = build_cf_pretrain(cfg)
     backbone = module.backbone
     trainer, metrics = fit_and_test(
-        cfg, module, datamodule, start.resume, cfg.stage.monitor, cfg.stage.patience, cfg.stage.max_epochs, backbone.trainable
+        cfg, module, datamodule, start, cfg.stage.monitor, cfg.stage.patience, cfg.stage.max_epochs, backbone.trainable
     )
     metrics["loss"] = cfg.backbone.loss if backbone.trainable else "none"
     metrics["num_parameters"] = sum(p.numel() for p in backbone.parameters())

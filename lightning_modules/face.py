@@ -310,7 +310,7 @@ def run_face(cfg: Any) -> dict[str, Any]:
         return start.finished
     datamodule, module, text_encoder = build_face(cfg, device_for(cfg))
     s = cfg.stage
-    trainer, metrics = fit_and_test(cfg, module, datamodule, start.resume, s.monitor, s.patience, s.max_epochs)
+    trainer, metrics = fit_and_test(cfg, module, datamodule, start, s.monitor, s.patience, s.max_epochs)
     if trainer.is_global_zero:
         metrics.update(face_outputs(cfg, module, text_encoder, datamodule.data))
     metrics["llm"] = cfg.llm.name

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -203,16 +203,30 @@ def clear_run_dir(run_dir: Path) -> None:
 @dataclass
 class RunStart:
     """How a run starts: from ``resume`` (a checkpoint) or afresh; ``finished`` holds the saved metrics
-    of a run that is already complete (nothing to train)."""
+    of a run that is already complete (nothing to train). Nothing is written or removed until
+    :meth:`commit`, called once the stage is built, so a run that fails to build leaves the directory
+    as it was."""
 
+    run_dir: Path
     resume: Path | None = None
     finished: dict[str, Any] | None = None
+    clear: bool = False  # remove the saved run's artifacts first (overwrite / rebuild_stale)
+    files: dict[str, str] = field(default_factory=dict)  # name -> text: config.yaml, upstream.json
+
+    def commit(self) -> None:
+        """(Rank 0) clear the replaced run if asked, then write this run's ``config.yaml`` and ``upstream.json``."""
+        if not is_rank_zero():
+            return
+        if self.clear:
+            clear_run_dir(self.run_dir)
+        for name, text in self.files.items():
+            write_text(self.run_dir / name, text)
 
 
 def begin_run(cfg: Any, stage_groups: tuple[str, ...], upstream: Path | None) -> RunStart:
     """Decide how the run of ``cfg`` (a :class:`~lightning_modules.config.RunConfig`) starts in its
-    directory, and (rank 0) write its ``config.yaml`` and ``upstream.json``. ``upstream``: the earlier
-    run it reads, already checked. Raises :class:`RunDirError` before touching anything."""
+    directory; ``upstream``: the earlier run it reads, already checked. Raises :class:`RunDirError`
+    and touches nothing; :meth:`RunStart.commit` writes."""
     run_dir = cfg.run_dir
     current = OmegaConf.to_container(OmegaConf.structured(cfg))
     records = {}
@@ -220,10 +234,10 @@ def begin_run(cfg: Any, stage_groups: tuple[str, ...], upstream: Path | None) ->
         record = upstream_record(upstream)
         records[record["stage"]] = record
     has_results = any((run_dir / name).exists() for name in RESULTS)
-    start = RunStart()
+    start = RunStart(run_dir)
     if cfg.overwrite and has_results:
         log.warning("overwrite=true: replacing the run in %s", run_dir)
-        _clear_on_rank_zero(run_dir)
+        start.clear = True
     elif has_results:
         ways = (
             f"To keep it, give this run its own directory with run_name=NAME ({run_dir.name}-NAME beside it; later "
@@ -246,7 +260,7 @@ def begin_run(cfg: Any, stage_groups: tuple[str, ...], upstream: Path | None) ->
             )
         if reasons:
             log.warning("rebuild_stale=true: retraining %s (%s)", run_dir, "; ".join(reasons))
-            _clear_on_rank_zero(run_dir)
+            start.clear = True
         elif (run_dir / "metrics.json").is_file():
             start.finished = json.loads((run_dir / "metrics.json").read_text())
             log.info("%s is finished; its metrics are in metrics.json (overwrite=true trains it again)", run_dir)
@@ -259,9 +273,10 @@ def begin_run(cfg: Any, stage_groups: tuple[str, ...], upstream: Path | None) ->
                 )
             start.resume = run_dir / "checkpoints" / "last.ckpt"
             log.info("resuming from %s", start.resume)
-    if is_rank_zero():
-        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(current))
-        write_text(run_dir / "upstream.json", json.dumps(records, indent=2, sort_keys=True) + "\n")
+    start.files = {
+        "config.yaml": OmegaConf.to_yaml(current),
+        "upstream.json": json.dumps(records, indent=2, sort_keys=True) + "\n",
+    }
     return start
 
 
@@ -282,8 +297,3 @@ def _stale_against(run_dir: Path, records: dict[str, dict[str, Any]]) -> list[st
         elif (old["config_sha256"], old["weights_sha256"]) != (new["config_sha256"], new["weights_sha256"]):
             reasons.append(f"{new['run_dir']} has been retrained since")
     return reasons
-
-
-def _clear_on_rank_zero(run_dir: Path) -> None:
-    if is_rank_zero():
-        clear_run_dir(run_dir)

@@ -6,7 +6,7 @@ A stage's ``run_<stage>(cfg)`` is::
     start = begin_stage(cfg)                 # refuses to mix runs; resume, or already finished
     if start.finished: return start.finished
     datamodule, module = build_<stage>(cfg)
-    trainer, metrics = fit_and_test(cfg, module, datamodule, start.resume, ...)
+    trainer, metrics = fit_and_test(cfg, module, datamodule, start, ...)  # commits the start, then fits
     return finish(cfg, trainer, metrics, weights, datamodule.data)
 """
 
@@ -118,19 +118,21 @@ def fit_and_test(
     cfg: Any,
     module: L.LightningModule,
     datamodule: L.LightningDataModule,
-    resume: Path | None,
+    start: RunStart,
     monitor: str,
     patience: int,
     max_epochs: int,
     trainable: bool = True,
     validate: bool = True,
 ) -> tuple[L.Trainer, dict[str, Any]]:
-    """Fit (keeping the best epoch by ``monitor`` when validating and ``monitor`` is set, else the last),
-    test it, and return the trainer with the flat metrics: ``test/*``, timing, ``epochs`` (in all),
+    """Commit ``start`` (the run's config and upstream record), fit from ``start.resume`` (keeping the
+    best epoch by ``monitor`` when validating and ``monitor`` is set, else the last), test it, and return the trainer with the flat metrics: ``test/*``, timing, ``epochs`` (in all),
     ``epochs_trained`` (by this process), ``resumed_from_epoch``, ``global_step`` and ``best_<monitor>``."""
     run_dir = cfg.run_dir
     if patience and validate and not monitor:
         raise ValueError(f"stage.patience={patience} needs a stage.monitor to stop on")
+    start.commit()
+    resume = start.resume
     timing = TimingCallback()
     callbacks: list[L.Callback] = [RankingMetricsCallback(), timing, RandomStateCallback()]
     checkpoint = None

@@ -129,3 +129,4 @@ def test_a_data_error_is_one_message_naming_the_file_and_exit_status_2(tmp_path:
     assert proc.returncode == 2
     assert f"{folder / 'interactions.csv'} has no interaction rows after its header" in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()  # a run that fails to build leaves nothing behind
