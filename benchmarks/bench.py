@@ -16,8 +16,11 @@ Per stage, each in its own process (so its peak memory is its own):
 Peak memory is the process's resident set on a CPU, ``torch.cuda.max_memory_allocated`` on a GPU.
 ``align_stage1``, ``align_stage2`` and ``face`` read the earlier stages' runs of the dataset and
 backbone (``make bench`` makes them first). Options: ``--stages a,b`` (default all), ``--steps N``
-(8), ``--users N`` (64), ``--machine NAME`` (the host name), ``--out FILE.json``. Overrides apply
-to every stage; ``<stage>:key=value`` to that stage only (``face:stage.num_words=8``).
+(8), ``--users N`` (64), ``--machine NAME`` (the host name), ``--out FILE.json``, ``--dtypes``
+(default float32, and bfloat16 too where the device runs it natively: each stage runs once per
+dtype, with every compute dtype it uses set to it). Overrides apply to every stage;
+``<stage>:key=value`` to that stage only (``face:stage.num_words=8``). The JSON names the CPU model,
+torch's capability string and bf16 support, and each stage's compute dtypes.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.timing import bench_dtypes, machine_info
 
 STAGES = ("cf_pretrain", "align_stage1", "align_stage2", "face")
 # bf16 dense tensor-core peaks (TFLOP/s) from the vendors' data sheets, matched against the device name.
@@ -65,6 +70,7 @@ def _stage(stage: str, overrides: list[str], steps: int, users: int) -> dict:
         out = bench_backbone(cfg.backbone.name, overrides, epochs=1)
         out["train_samples_per_second"] = round(out["train_positions"] / out["seconds_per_epoch"], 3) if out["seconds_per_epoch"] else None
         out["eval_users_per_second"] = round(out["test_users"] / out["test_seconds"], 3)
+        out["compute_dtypes"] = cfg.compute_dtypes
         return out
     if stage == "align_stage2":
         from benchmarks.bench_llm import bench
@@ -90,6 +96,7 @@ def _stage(stage: str, overrides: list[str], steps: int, users: int) -> dict:
     out.update(time_evaluation(module, test, device))
     out["peak_mib"] = peak_mib(device)
     out["threads"] = torch.get_num_threads()
+    out["compute_dtypes"] = cfg.compute_dtypes
     return out
 
 
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=64)
     parser.add_argument("--machine", default=platform.node())
     parser.add_argument("--out", default="")
+    parser.add_argument("--dtypes", default="")
     parser.add_argument("--one", default="", help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.one:
@@ -121,28 +129,30 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}", file=sys.stderr)
         return 2
-    import torch
+    from lightning_modules.config import compose
 
-    results = {
-        "machine": args.machine,
-        "cpu": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "overrides": overrides,
-        "stages": {},
-    }
+    info = machine_info(args.machine)
+    print(f"machine: {info['cpu_model']}, capability {info['cpu_capability']}, bf16 native: {info['native_bf16']}", flush=True)
+    results = {**info, "overrides": overrides, "stages": {}}
     for stage in stages:
-        cmd = [sys.executable, "-m", "benchmarks.bench", "--one", stage, "--steps", str(args.steps), "--users", str(args.users), *overrides]
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
-        if proc.returncode != 0 or not lines:
-            print(f"{stage}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
-            return 1
-        results["stages"][stage] = json.loads(lines[-1][len("BENCH ") :])
-        results["stages"][stage]["wall_seconds"] = round(time.perf_counter() - start, 1)
-        print(f"{stage}: {json.dumps(results['stages'][stage])}", flush=True)
+        # every compute dtype the stage uses, set to each benchmarked dtype
+        keys = compose([f"stage={stage}", *for_stage(stage, overrides)]).compute_dtypes
+        results["stages"][stage] = {}
+        # a stage without a dtype setting (stage 1 computes in float32) runs once
+        for dtype in bench_dtypes(args.dtypes, info["native_bf16"]) if keys else ["float32"]:
+            forced = [f"{key}={dtype}" for key in keys]
+            cmd = [sys.executable, "-m", "benchmarks.bench", "--one", stage, "--steps", str(args.steps), "--users",
+                   str(args.users), *overrides, *forced]
+            start = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
+            if proc.returncode != 0 or not lines:
+                print(f"{stage} ({dtype}): failed\n{proc.stderr[-3000:]}", file=sys.stderr)
+                return 1
+            figures = json.loads(lines[-1][len("BENCH ") :])
+            figures["wall_seconds"] = round(time.perf_counter() - start, 1)
+            results["stages"][stage][dtype] = figures
+            print(f"{stage} ({dtype}): {json.dumps(figures)}", flush=True)
     out = Path(args.out or f"benchmarks/results/{args.machine}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")

@@ -39,6 +39,7 @@ def bench(overrides: list[str], steps: int, users: int) -> dict:
     results = {
         "llm": cfg.llm.name,
         "dtype": cfg.llm.dtype,
+        "compute_dtypes": cfg.compute_dtypes,
         "quantization": cfg.llm.quantization,
         "device": str(device),
         "llm_parameters": sum(p.numel() for p in module.llm.parameters()),

@@ -66,3 +66,52 @@ def time_evaluation(module, loader, device) -> dict:
             users += len(batch)
     sync(device)
     return {"eval_users": users, "eval_users_per_second": round(users / (time.perf_counter() - start), 3)}
+
+
+def cpu_model() -> str:
+    """The CPU's model name as ``lscpu`` prints it (``/proc/cpuinfo``), or torch's name for it."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    from lightning_modules.compute_dtypes import cpu_features
+
+    return cpu_features()["cpu_name"]
+
+
+def machine_info(name: str) -> dict:
+    """What a benchmark ran on: CPU model, torch's capability string, bf16 support, GPU, torch version."""
+    import os
+    import platform
+
+    import torch
+
+    from lightning_modules.compute_dtypes import cpu_features, native_bf16
+
+    features = cpu_features()
+    gpu = torch.cuda.is_available()
+    native, evidence = native_bf16(torch.device("cuda" if gpu else "cpu"))
+    return {
+        "machine": name,
+        "cpu_model": cpu_model(),
+        "cpus": os.cpu_count(),
+        "cpu_capability": features["capability"],
+        "avx512_bf16": features["avx512_bf16"],
+        "amx_bf16": features["amx_bf16"],
+        "native_bf16": native,
+        "bf16_evidence": evidence,
+        "gpu": torch.cuda.get_device_name() if gpu else None,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+
+
+def bench_dtypes(requested: str, native: bool) -> list[str]:
+    """The compute dtypes to benchmark: ``requested`` (comma-separated), or float32 and, where the device
+    runs it natively, bfloat16 too."""
+    if requested:
+        return [d for d in requested.split(",") if d]
+    return ["float32", "bfloat16"] if native else ["float32"]

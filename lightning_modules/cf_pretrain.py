@@ -34,8 +34,8 @@ class CFPretrainConfig:
     patience: int = 10  # (int) epochs without a better monitor value before stopping; 0 disables early stopping
     monitor: str = "val/full/ndcg@10"  # (str) validation metric that picks the checkpoint to test
     full_ranking_val: bool = True  # (bool) also rank the whole catalogue at validation (logs val/full/*)
-    ce_compute_dtype: str = "bfloat16"  # (str) matmul dtype of the chunked softmax loss: bfloat16 | float32
-    ce_chunk: int = 256  # (int) rows of logits computed at once by the chunked softmax loss
+    ce_compute_dtype: str = "auto"  # (str) matmul dtype of the chunked softmax loss: auto | bfloat16 | float32
+    ce_chunk: int = 0  # (int) rows of logits computed at once by the chunked softmax loss; 0 = sized to the cache
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -46,10 +46,10 @@ class CFPretrainConfig:
             raise ValueError(f"stage.patience must be >= 0, got {self.patience}")
         if self.monitor.startswith("val/full/") and not self.full_ranking_val:
             raise ValueError(f"stage.monitor={self.monitor} needs stage.full_ranking_val=true")
-        if self.ce_compute_dtype not in ("bfloat16", "float32"):
-            raise ValueError(f"stage.ce_compute_dtype must be bfloat16 or float32, got {self.ce_compute_dtype!r}")
-        if self.ce_chunk < 1:
-            raise ValueError(f"stage.ce_chunk must be >= 1, got {self.ce_chunk}")
+        if self.ce_compute_dtype not in ("auto", "bfloat16", "float32"):
+            raise ValueError(f"stage.ce_compute_dtype must be auto, bfloat16 or float32, got {self.ce_compute_dtype!r}")
+        if self.ce_chunk < 0:
+            raise ValueError(f"stage.ce_chunk must be >= 0 (0 = sized to the cache), got {self.ce_chunk}")
 
 
 class CFPretrainModule(L.LightningModule):

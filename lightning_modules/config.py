@@ -22,6 +22,7 @@ from aligners.prompt import PromptConfig
 from aligners.text_encoder import TextEncoderConfig
 from backbones import BACKBONES, backbone_config
 from datamodules.config import DataConfig
+from lightning_modules.compute_dtypes import resolve_compute_dtypes
 from lightning_modules.stages import STAGES, stage_config
 
 CONF_DIR = Path(os.environ.get("LLMREC_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
@@ -107,6 +108,8 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    # Filled in by compose: each compute dtype the stage uses and why (``auto`` resolved for this device).
+    compute_dtypes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.run_name and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.run_name):
@@ -232,6 +235,7 @@ def compose(argv: list[str] | None = None, conf_dir: Path = CONF_DIR) -> RunConf
         run_cfg = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
         raise _friendly(err, cfg, "the composed config") from None
+    run_cfg.compute_dtypes = resolve_compute_dtypes(run_cfg)
     return run_cfg  # type: ignore[return-value]
 
 

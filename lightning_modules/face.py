@@ -85,8 +85,8 @@ class FACEConfig:
     patience: int = 0  # (int) early stopping on the monitor (0 = off)
     monitor: str = ""  # (str) picks the tested align-phase epoch; "" = the last
     full_ranking_val: bool = True  # (bool) rank the whole catalogue at validation
-    ce_compute_dtype: str = "bfloat16"  # (str) matmul dtype of the backbone's chunked softmax loss
-    ce_chunk: int = 256  # (int) rows of logits per chunk of that loss
+    ce_compute_dtype: str = "auto"  # (str) matmul dtype of the backbone's chunked softmax loss: auto | bfloat16 | float32
+    ce_chunk: int = 0  # (int) rows of logits per chunk of that loss; 0 = sized to the cache
     num_words: int = 16  # (int) descriptors per entity (n)
     word_dim: int = 256  # (int) concept / codebook width (d_w)
     vocab_size: int = 20000  # (int) the most frequent words (wordfreq) a descriptor may be
@@ -108,7 +108,7 @@ class FACEConfig:
     user_prompt: str = "The user and his likes can be described as the following words:"
     item_prompt: str = "The product attracts those who can be described as the following words:"
     user_history: int = 20  # (int) most recent training titles that make a user's text
-    text_dtype: str = "bfloat16"  # (str) autocast dtype of the frozen text encoder: bfloat16 | float32
+    text_dtype: str = "auto"  # (str) autocast dtype of the frozen text encoder: auto | bfloat16 | float32
     interpretability_candidates: int = 10  # (int) target + random items ranked by text similarity
 
     def __post_init__(self) -> None:
@@ -127,8 +127,9 @@ class FACEConfig:
             raise ValueError(f"stage.interpretability_candidates must be >= 2, got {self.interpretability_candidates}")
         if self.lookup not in ("cosine", "euclidean"):
             raise ValueError(f"stage.lookup must be cosine or euclidean, got {self.lookup!r}")
-        if self.text_dtype not in ("bfloat16", "float32"):
-            raise ValueError(f"stage.text_dtype must be bfloat16 or float32, got {self.text_dtype!r}")
+        for key in ("text_dtype", "ce_compute_dtype"):
+            if getattr(self, key) not in ("auto", "bfloat16", "float32"):
+                raise ValueError(f"stage.{key} must be auto, bfloat16 or float32, got {getattr(self, key)!r}")
         if self.patience and not self.monitor:
             raise ValueError(f"stage.patience={self.patience} needs a stage.monitor to stop on")
         if self.monitor.startswith("val/full/") and not self.full_ranking_val:

@@ -29,6 +29,7 @@ from callbacks.resume import RandomStateCallback
 from callbacks.timing import TimingCallback
 from datamodules.sources import DataFormatError
 from lightning_modules.artifacts import check_run_dir, resolve_upstream
+from lightning_modules.compute_dtypes import device_of
 from lightning_modules.rundir import RunStart, begin_run
 
 log = logging.getLogger("llmrec")
@@ -49,9 +50,8 @@ def begin_stage(cfg: Any) -> RunStart:
 
 def device_for(cfg: Any) -> torch.device:
     """Where this process's LLM lives: its GPU under CUDA (LOCAL_RANK under DDP), else the CPU."""
-    accelerator = cfg.trainer.accelerator
-    wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if wants_gpu else torch.device("cpu")
+    device = device_of(cfg.trainer.accelerator)
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if device.type == "cuda" else device
 
 
 def require_titles(cfg: Any, data: Any, why: str) -> None:
@@ -180,6 +180,7 @@ def finish(cfg: Any, trainer: L.Trainer, metrics: dict[str, Any], weights: dict[
             "num_users": data.num_users,
             "num_items": data.num_items,
             "num_eval_users": int(len(data.eval_users)),
+            **{f"compute_dtype/{key}": why for key, why in cfg.compute_dtypes.items()},
         }
     )
     if trainer.is_global_zero:

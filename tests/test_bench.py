@@ -25,6 +25,12 @@ def test_bench_suite_writes_every_stage_figures(tmp_path, tiny_word_llm_dir, tin
                   "prompt.num_history=3", *(f"face:{o}" for o in face)]) == 0
     results = json.loads(out.read_text())
     assert results["machine"] == "test" and list(results["stages"]) == stages.split(",")
+    assert results["cpu_model"] and results["cpu_capability"] and isinstance(results["native_bf16"], bool)
+    both = ["float32", "bfloat16"] if results["native_bf16"] else ["float32"]  # bf16 rows only where it is native
+    assert {stage: list(by_dtype) for stage, by_dtype in results["stages"].items()} == {
+        "cf_pretrain": both, "align_stage1": ["float32"], "align_stage2": both, "face": both}
+    results["stages"] = {stage: by_dtype["float32"] for stage, by_dtype in results["stages"].items()}
+    assert results["stages"]["face"]["compute_dtypes"]["stage.text_dtype"].startswith("float32")
     for stage, figures in results["stages"].items():
         assert figures["train_samples_per_second"] > 0, stage
         assert figures.get("eval_users_per_second", figures.get("score_users_per_second", 0)) > 0, stage

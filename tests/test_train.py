@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from backbones import BACKBONES
-from backbones.losses import chunked_softmax_loss
 from lightning_modules.config import compose
 from lightning_modules.run import main, run
 from tests.conftest import tiny_args
@@ -61,20 +59,6 @@ def test_sasrec_learns_the_synthetic_pattern(tmp_path: Path) -> None:
 def test_main_reports_config_errors_without_a_traceback(capsys, caplog) -> None:
     assert main(["backbone=nope"]) == 2
     assert "unknown backbone 'nope'" in caplog.text
-
-
-def test_chunked_softmax_loss_matches_cross_entropy() -> None:
-    gen = torch.Generator().manual_seed(0)
-    hidden = torch.randn(37, 8, generator=gen, requires_grad=True)
-    table = torch.randn(50, 8, generator=gen, requires_grad=True)
-    targets = torch.randint(0, 50, (37,), generator=gen)
-    ref = F.cross_entropy(hidden @ table.T, targets)
-    ref_grads = torch.autograd.grad(ref, (hidden, table))
-    loss = chunked_softmax_loss(hidden, table, targets, chunk=8)
-    grads = torch.autograd.grad(loss, (hidden, table))
-    assert torch.allclose(loss, ref, atol=1e-6)
-    for got, want in zip(grads, ref_grads):
-        assert torch.allclose(got, want, atol=1e-6)
 
 
 def test_wandb_is_offline_without_an_account_and_env_wins(tmp_path: Path, monkeypatch) -> None:
