@@ -8,6 +8,7 @@ the layer outputs (layer 0 included) and a score is the dot product of user and 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -124,10 +125,12 @@ class LightGCN(Backbone):
             nn.init.normal_(emb.weight, std=0.1)
             with torch.no_grad():
                 emb.weight[PAD_ID].zero_()
-        # Not saved: it is a pure function of the interactions passed to the constructor.
-        self.register_buffer(
-            "adjacency", normalized_adjacency(interactions, num_users, num_items), persistent=False
-        )
+        # Not saved: it is a pure function of the interactions passed to the constructor. Stored as
+        # CSR: one propagation on Beauty's graph took 10.5 ms against 33 ms in COO (2-core AVX2 CPU).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            adjacency = normalized_adjacency(interactions, num_users, num_items).to_sparse_csr()
+        self.register_buffer("adjacency", adjacency, persistent=False)
         self._cache: tuple[Tensor, Tensor] | None = None
         self._cache_key: tuple | None = None
 

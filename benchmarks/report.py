@@ -2,6 +2,7 @@
 
     python -m benchmarks.report runs/beauty [--wandb]
 
+It also writes ``<folder>/report/index.html`` with plots (``benchmarks/report_html.py``).
 ``--wandb`` also logs a W&B run (job type ``report``, group = the dataset) with a table of every
 stage's test Hit@1 and NDCG@10 and a bar chart of each (offline without an account).
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+from benchmarks.report_html import write_html
 
 COLUMNS = (
     ("test/hit@1", "Hit@1"),
@@ -142,10 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     root = Path(args[0])
-    print(table(root))
+    tables = [table(root)]
     for path in sorted(root.glob("**/align_stage2/**/metrics.json")):
-        print(f"\n### {path.parent}\n")
-        print(llm_table(json.loads(path.read_text())))
+        tables.append(f"\n### {path.parent}\n\n" + llm_table(json.loads(path.read_text())))
+    print("\n".join(tables))
+    print(f"\nwrote {write_html(root, chr(10).join(tables))}")
     if to_wandb:
         log_wandb(root, stage_rows(root))
     return 0

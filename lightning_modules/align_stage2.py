@@ -243,12 +243,23 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
             answers = self.prompts.tokenizer.batch_decode(new, skip_special_tokens=True)
         return scores, answers
 
+    def prompt_order(self, batch: SeqBatch) -> Tensor:
+        """The seeded order ``[B, C]`` in which each user's candidates appear in the prompt (the same for every model)."""
+        return _orders(batch.user_ids, batch.candidates.shape[1], salt=self.eval_seed)
+
+    @torch.no_grad()
+    def answer(self, batch: SeqBatch, variant: str = "main", generate: bool = False) -> tuple[Tensor, list[str] | None]:
+        """Score-mode scores ``[B, C]`` of ``batch.candidates`` in their column order and, with ``generate``,
+        the greedy answers: what evaluation computes for ``variant`` (main | llm_only | text_items)."""
+        order = self.prompt_order(batch)
+        user = self.backbone.encode_user(batch).float()
+        scores, answers = self._evaluate(batch, batch.candidates.gather(1, order), variant, user, score=True, generate=generate)
+        return torch.empty_like(scores).scatter_(1, order, scores), answers  # back from prompt order
+
     @torch.no_grad()
     def _eval_step(self, batch: SeqBatch, test: bool) -> dict[str, Any]:
         candidates = batch.candidates  # [B, C], target in column 0
-        order = _orders(batch.user_ids, candidates.shape[1], salt=self.eval_seed)
-        ordered = candidates.gather(1, order)
-        user = self.backbone.encode_user(batch).float()
+        ordered = candidates.gather(1, self.prompt_order(batch))
         variants = ("main",) + (tuple(self.cfg.variants) if test else ())
         out: dict[str, Any] = {}
         titles = self.prompts.titles
@@ -256,9 +267,7 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
         records = [{"user": int(u), "candidates": row} for u, row in zip(batch.user_ids.tolist(), ordered.tolist())]
         for variant in variants:
             generate = test and variant in self.cfg.generate_variants
-            scores, answers = self._evaluate(batch, ordered, variant, user, score=True, generate=generate)
-            # Back from prompt order to the batch's column order (target in column 0).
-            scores = torch.empty_like(scores).scatter_(1, order, scores)
+            scores, answers = self.answer(batch, variant, generate=generate)
             prefix = "" if variant == "main" else f"{variant}/"
             out["scores" if variant == "main" else f"scores/{variant}"] = scores
             if test:

@@ -255,3 +255,16 @@ def _apply_profile(cfg: DictConfig, profile: str, stage: str, conf_dir: Path) ->
 
 def to_yaml(cfg: RunConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def load_run_config(path: Path) -> RunConfig:
+    """The typed :class:`RunConfig` saved in ``path`` (a run's ``config.yaml``), with its stage's and
+    backbone's schemas, as the run composed it (``auto`` dtypes already resolved there)."""
+    saved = OmegaConf.load(path)
+    cfg = OmegaConf.structured(RunConfig)
+    cfg.backbone = OmegaConf.structured(backbone_config(saved.backbone.name))
+    cfg.stage = OmegaConf.structured(stage_config(saved.stage.name))
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(cfg, saved))  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise _friendly(err, cfg, str(path)) from None

@@ -72,22 +72,27 @@ def interpretability_accuracy(
 
 
 @torch.no_grad()
-def entity_vectors(backbone: Backbone, data: Any, max_len: int, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
-    """CF vectors of every user ``[U+1, D]`` (read from their training history) and item ``[N+1, D]``."""
+def user_vectors(backbone: Backbone, data: Any, users: Tensor, max_len: int, batch_size: int = 1024) -> Tensor:
+    """CF vectors ``[len(users), D]`` of ``users``, each read from their last ``max_len`` training items."""
     was_training = backbone.training
     backbone.eval()
     device = next(backbone.parameters()).device
-    users = torch.arange(1, data.num_users + 1)
-    out = torch.zeros(data.num_users + 1, backbone.hidden_dim)
+    out = torch.zeros(len(users), backbone.hidden_dim)
     for begin in range(0, len(users), batch_size):
         ids = users[begin : begin + batch_size]
         n_train = data.train_length(ids)
         recent = n_train.clamp(max=max_len)
         item_seq = gather_padded(data.seq_items, data.seq_offsets[ids] + n_train - recent, recent, left=True)
-        out[ids] = backbone.encode_user(SeqBatch(user_ids=ids, item_seq=item_seq).to(device)).float().cpu()
-    items = backbone.item_embeddings().detach().float().cpu()
+        out[begin : begin + len(ids)] = backbone.encode_user(SeqBatch(user_ids=ids, item_seq=item_seq).to(device)).float().cpu()
     backbone.train(was_training)
-    return out, items
+    return out
+
+
+@torch.no_grad()
+def entity_vectors(backbone: Backbone, data: Any, max_len: int, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
+    """CF vectors of every user ``[U+1, D]`` (read from their training history) and item ``[N+1, D]``."""
+    users = torch.cat([torch.zeros(1, backbone.hidden_dim), user_vectors(backbone, data, torch.arange(1, data.num_users + 1), max_len, batch_size)])
+    return users, backbone.item_embeddings().detach().float().cpu()
 
 
 def user_texts(data: Any, history: int) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -11,7 +12,7 @@ def keep_sparse_buffers_local(module: nn.Module) -> None:
     """Tells DDP not to broadcast ``module``'s sparse buffers (LightGCN's adjacency): gloo and NCCL
     cannot, and every rank builds the same one from the same data. Call it from ``setup``, which
     runs before the strategy syncs module states."""
-    module._ddp_params_and_buffers_to_ignore = [name for name, buf in module.named_buffers() if buf.is_sparse]
+    module._ddp_params_and_buffers_to_ignore = [name for name, buf in module.named_buffers() if buf.layout != torch.strided]
 
 
 class FrozenParts:
