@@ -67,9 +67,11 @@ def _bars(rows: list[dict], key: str, title: str, path: Path) -> bool:
     if not rows:
         return False
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
-    values = [r[key] for r in rows]
-    errors = [[v - (r[f"{key}_ci"] or (v, v))[0] for v, r in zip(values, rows)], [(r[f"{key}_ci"] or (v, v))[1] - v for v, r in zip(values, rows)]]
-    ax.barh(range(len(rows)), values, xerr=errors, capsize=3, color="#4c72b0")
+    ax.barh(range(len(rows)), [r[key] for r in rows], color="#4c72b0")
+    with_ci = [(y, r[key], r[f"{key}_ci"]) for y, r in enumerate(rows) if r[f"{key}_ci"]]
+    if with_ci:  # only where an interval exists
+        ys, vs, cis = zip(*with_ci)
+        ax.errorbar(vs, ys, xerr=[[v - c[0] for v, c in zip(vs, cis)], [c[1] - v for v, c in zip(vs, cis)]], fmt="none", ecolor="black", capsize=3)
     ax.set_yticks(range(len(rows)), [r["name"] for r in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(title)
