@@ -115,6 +115,9 @@ def test_stage2_ranks_the_test_candidates_as_its_evaluation_did(tmp_path: Path, 
         by_item = {r.item_id: r.score for r in ranking}
         got = [by_item[loaded.data.item_raw[i]] for i in columns]
         assert got == pytest.approx(record["scores"], abs=2e-3)  # the saved scores are rounded to 4 decimals
+        saved = sorted(range(len(columns)), key=lambda j: -record["scores"][j])
+        if len(set(record["scores"])) == len(columns):  # the saved ranking, wherever rounding left no ties
+            assert [r.item_id for r in ranking] == [loaded.data.item_raw[columns[j]] for j in saved]
         assert ranking.answer == record["answer"]
     capsys.readouterr()  # what the runs printed
     assert cli(["recommend", str(run_dir), "--user", users[0], "--k", "3", "--json"]) == 0
