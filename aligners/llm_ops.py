@@ -63,26 +63,33 @@ def prompt_forward(llm: nn.Module, embeds: Tensor, mask: Tensor) -> tuple[Tensor
     return _head(llm, out.last_hidden_state[:, -1]).float(), out.past_key_values
 
 
-def score_continuations(
+SCORE_REDUCTIONS = ("mean", "sum", "first_k")
+
+
+def continuation_logprobs(
     llm: nn.Module,
     cache: object,
     mask: Tensor,
     next_logits: Tensor,
     continuations: list[list[list[int]]],
     pad_id: int,
-    normalize: bool = True,
-) -> Tensor:
-    """Log-likelihood of each continuation given its prompt -> ``[B, C]``.
+    copy_cache: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-token log-probabilities of each continuation given its prompt.
 
     ``continuations[b][c]`` are token ids after prompt b; ``cache``/``mask``/``next_logits`` come
-    from :func:`prompt_forward` and are not modified. All C continuations of a prompt run in one
-    sequence after it, with a block-diagonal causal mask (each sees the prompt and its own earlier
-    tokens, never a sibling) and positions restarting after the prompt: the prompt's cache is read
-    once instead of being copied C times, the difference between 0.6 s and 5 s per 8 users on CPU.
-    ``normalize``: mean log-probability per token (else the sum), so long titles are not penalised.
+    from :func:`prompt_forward`. All C continuations of a prompt run in one sequence after it, with
+    a block-diagonal causal mask (each sees the prompt and its own earlier tokens, never a sibling)
+    and positions restarting after the prompt: the prompt's cache is read once instead of being
+    copied C times, the difference between 0.6 s and 5 s per 8 users on CPU. Differentiable: with
+    gradients on, the log-probabilities reach whatever produced the prompt's embeddings (the
+    ``choice`` objective). ``copy_cache=False`` lets the cache grow in place (training: it is not
+    reused; a cache that holds gradients cannot be deep-copied).
+
+    Returns ``(token_logp [B, T], segment [B, T], offset [B, T])``: ``segment`` is the continuation
+    index of each token (-1 = padding), ``offset`` its position inside the continuation.
     """
     device = mask.device
-    b, c = len(continuations), max(len(row) for row in continuations)
     flat = [[tok for seq in row for tok in seq] for row in continuations]
     segment = [[k for k, seq in enumerate(row) for _ in seq] for row in continuations]
     offset = [[j for seq in row for j in range(len(seq))] for row in continuations]
@@ -99,23 +106,97 @@ def score_continuations(
         inputs_embeds=llm.get_input_embeddings()(ids),
         attention_mask=attn,
         position_ids=positions,
-        past_key_values=copy.deepcopy(cache),
+        past_key_values=copy.deepcopy(cache) if copy_cache else cache,
         use_cache=True,
     ).last_hidden_state
     first = next_logits.log_softmax(-1)
-    scores = torch.zeros(b, c, device=device)
-    counts = torch.zeros(b, c, device=device)
-    for row in range(b):  # one prompt at a time bounds the [T, V] log-softmax
+    rows = []
+    for row in range(len(continuations)):  # one prompt at a time bounds the [T, V] log-softmax
         n = int(cmask[row].sum())
         logp = _head(llm, hidden[row, : n - 1]).float().log_softmax(-1)  # predicts tokens 1..n-1
         tokens = ids[row, :n]
-        token_logp = torch.empty(n, device=device)
-        token_logp[1:] = logp.gather(1, tokens[1:].unsqueeze(1)).squeeze(1)
-        starts = off[row, :n] == 0
-        token_logp[starts] = first[row, tokens[starts]]
-        scores[row].index_add_(0, seg[row, :n], token_logp)
-        counts[row].index_add_(0, seg[row, :n], torch.ones(n, device=device))
-    return scores / counts.clamp(min=1) if normalize else scores
+        inner = logp.gather(1, tokens[1:].unsqueeze(1)).squeeze(1)
+        # a continuation's first token is predicted by the prompt's last position
+        token_logp = torch.where(off[row, :n] == 0, first[row, tokens], torch.cat([inner.new_zeros(1), inner]))
+        rows.append(F.pad(token_logp, (0, ids.shape[1] - n)))
+    return torch.stack(rows), seg, off
+
+
+def reduce_continuations(
+    token_logp: Tensor, seg: Tensor, off: Tensor, num: int, reduction: str = "mean", k: int = 0
+) -> Tensor:
+    """Score ``[B, num]`` of each continuation from :func:`continuation_logprobs`' output.
+
+    ``mean``: mean log-probability per token (long titles are not penalised); ``sum``: the
+    log-likelihood; ``first_k``: the mean over each continuation's first ``k`` tokens, where a
+    title's distinguishing words are, instead of the copy of its remaining words.
+    """
+    if reduction not in SCORE_REDUCTIONS:
+        raise ValueError(f"score reduction must be one of {list(SCORE_REDUCTIONS)}, got {reduction!r}")
+    keep = seg >= 0
+    if reduction == "first_k":
+        keep &= off < k
+    index = seg.clamp(min=0)
+    weight = keep.to(token_logp.dtype)
+    b = token_logp.shape[0]
+    scores = token_logp.new_zeros(b, num).scatter_add(1, index, token_logp * weight)
+    if reduction == "sum":
+        return scores
+    counts = token_logp.new_zeros(b, num).scatter_add(1, index, weight)
+    return scores / counts.clamp(min=1)
+
+
+def score_continuations(
+    llm: nn.Module,
+    cache: object,
+    mask: Tensor,
+    next_logits: Tensor,
+    continuations: list[list[list[int]]],
+    pad_id: int,
+    reduction: str = "mean",
+    k: int = 0,
+) -> Tensor:
+    """Score ``[B, C]`` of each continuation given its prompt (:func:`continuation_logprobs` then
+    :func:`reduce_continuations`); ``first_k`` runs only each continuation's first ``k`` tokens.
+    The cache is not modified."""
+    if reduction == "first_k":
+        continuations = [[seq[:k] for seq in row] for row in continuations]
+    token_logp, seg, off = continuation_logprobs(llm, cache, mask, next_logits, continuations, pad_id)
+    return reduce_continuations(token_logp, seg, off, max(len(row) for row in continuations), reduction, k)
+
+
+def choice_loss(
+    llm: nn.Module,
+    embeds: Tensor,
+    mask: Tensor,
+    answers: list[list[list[int]]],
+    target: Tensor,
+    pad_id: int,
+    reduction: str = "mean",
+    k: int = 0,
+    generate_weight: float = 0.0,
+) -> tuple[Tensor, int]:
+    """Softmax cross-entropy over each prompt's candidate answers, scored as score mode ranks them.
+
+    ``embeds``/``mask``: left-padded prompts; ``answers[b][c]`` the token ids of candidate c's answer;
+    ``target [B]`` the right candidate's index. The scores come from :func:`continuation_logprobs`
+    with gradients, so the loss reaches whatever made ``embeds``. ``first_k`` runs only each
+    answer's first ``k`` tokens. ``generate_weight > 0`` (the ``both`` objective) adds that weight
+    times the paper's generation loss, the mean negative log-probability of the target's whole
+    answer. Returns ``(loss, tokens run)``.
+    """
+    next_logits, cache = prompt_forward(llm, embeds, mask)
+    if reduction == "first_k":  # the target's whole answer still runs when its generation term is wanted
+        answers = [
+            [a if generate_weight and c == t else a[:k] for c, a in enumerate(row)] for row, t in zip(answers, target.tolist())
+        ]
+    token_logp, seg, off = continuation_logprobs(llm, cache, mask, next_logits, answers, pad_id, copy_cache=False)
+    scores = reduce_continuations(token_logp, seg, off, len(answers[0]), reduction, k)
+    loss = F.cross_entropy(scores, target)
+    if generate_weight:
+        on_target = (seg == target.unsqueeze(1)).to(token_logp.dtype)
+        loss = loss - generate_weight * (token_logp * on_target).sum() / on_target.sum()
+    return loss, int(mask.sum()) + int((seg >= 0).sum())
 
 
 @torch.no_grad()
@@ -147,7 +228,9 @@ def greedy_generate(
         if repetition_penalty != 1.0 and generated:
             seen = torch.stack(generated, 1)
             picked = logits.gather(1, seen)
-            logits = logits.scatter(1, seen, torch.where(picked > 0, picked / repetition_penalty, picked * repetition_penalty))
+            logits = logits.scatter(
+                1, seen, torch.where(picked > 0, picked / repetition_penalty, picked * repetition_penalty)
+            )
         token = logits.argmax(-1).masked_fill(done, eos_id)
         generated.append(token)
         done |= token == eos_id

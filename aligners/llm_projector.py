@@ -20,18 +20,54 @@ def _projector(in_dim: int, out_dim: int, activation: nn.Module) -> nn.Sequentia
 
 
 class LLMProjector(nn.Module):
-    """``project_user(x [B, D]) -> [B, H]``; ``project_items(e [.., d']) -> [.., H]``."""
+    """``project_user(x [B, D]) -> [B, H]``; ``project_items(e [.., d']) -> [.., H]``.
 
-    def __init__(self, user_dim: int, item_dim: int, llm_dim: int) -> None:
+    Two options put the vectors where the LLM's own tokens are (issue 14; both off = the paper):
+
+    - ``standardize``: inputs are standardised per feature with statistics fixed once by
+      :meth:`fit_input_stats` (training users' CF vectors, all items' latents), so the first
+      layer sees unit-scale features whatever the backbone's scale.
+    - ``token_norm > 0``: every output vector is rescaled to that norm (the mean norm of the LLM's
+      input-embedding rows, measured from the loaded model), keeping only its learnt direction.
+      Untrained projectors otherwise start about 5x larger than SmolLM2's tokens, and two random
+      items' vectors already have cosine 0.7.
+
+    The statistics and the norm are buffers of the state dict, saved with the projectors.
+    """
+
+    def __init__(
+        self, user_dim: int, item_dim: int, llm_dim: int, standardize: bool = False, token_norm: float = 0.0
+    ) -> None:
         super().__init__()
         self.user_proj = _projector(user_dim, llm_dim, nn.LeakyReLU())
         self.item_proj = _projector(item_dim, llm_dim, nn.GELU())
+        self.standardize = standardize
+        for name, dim in (("user", user_dim), ("item", item_dim)):
+            self.register_buffer(f"{name}_mean", torch.zeros(dim))
+            self.register_buffer(f"{name}_std", torch.ones(dim))
+        self.register_buffer("token_norm", torch.tensor(float(token_norm)))
+
+    @torch.no_grad()
+    def fit_input_stats(self, users: Tensor, items: Tensor) -> None:
+        """Per-feature mean and standard deviation of ``users [N, D]`` and ``items [M, d']``."""
+        for name, x in (("user", users), ("item", items)):
+            getattr(self, f"{name}_mean").copy_(x.float().mean(0))
+            getattr(self, f"{name}_std").copy_(x.float().std(0).clamp(min=1e-6))
+
+    def _out(self, x: Tensor) -> Tensor:
+        if float(self.token_norm) <= 0:
+            return x
+        return x * (self.token_norm / x.norm(dim=-1, keepdim=True).clamp(min=1e-6))
 
     def project_user(self, user: Tensor) -> Tensor:
-        return self.user_proj(user)
+        if self.standardize:
+            user = (user - self.user_mean) / self.user_std
+        return self._out(self.user_proj(user))
 
     def project_items(self, items: Tensor) -> Tensor:
-        return self.item_proj(items)
+        if self.standardize:
+            items = (items - self.item_mean) / self.item_std
+        return self._out(self.item_proj(items))
 
 
 def splice(embeds: Tensor, input_ids: Tensor, token_id: int, vectors: Tensor, counts: Tensor) -> Tensor:
@@ -44,7 +80,9 @@ def splice(embeds: Tensor, input_ids: Tensor, token_id: int, vectors: Tensor, co
     hits = input_ids == token_id
     found = hits.sum(1)
     if not torch.equal(found.cpu(), counts.cpu()):
-        raise ValueError(f"prompt has {found.tolist()} placeholder tokens {token_id} but {counts.tolist()} vectors were given")
+        raise ValueError(
+            f"prompt has {found.tolist()} placeholder tokens {token_id} but {counts.tolist()} vectors were given"
+        )
     if not hits.any():
         return embeds
     k = torch.arange(vectors.shape[1], device=counts.device).unsqueeze(0) < counts.unsqueeze(1)

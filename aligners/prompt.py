@@ -10,7 +10,8 @@ and the target ``' "<title>"' + eos``. Placeholders are special tokens of the to
 positions are overwritten by projected vectors before the LLM sees them, so the LLM's vocabulary
 and weights are never touched. Choices that differ from the official code (documented in
 ``conf/prompt/default.yaml``): the user vector takes the ``[UserRep]`` position at the start (after a
-BOS token, for tokenizers that add one) instead of an extra position before the BOS; the glued
+BOS token, for tokenizers that add one, and after ``prefix``) instead of an extra position before the
+BOS; the glued
 "representation.This" gets its space; titles are HTML-unescaped, whitespace-collapsed, double quotes
 become single quotes (so an answer's first quoted span is the title) and are cut to
 ``max_title_tokens``. The LLM-only baseline uses the same text without placeholders and without
@@ -33,6 +34,7 @@ class PromptConfig:
     """Prompt wording (the ``prompt`` group; per dataset in ``conf/prompt/``)."""
 
     name: str = "default"
+    prefix: str = ""  # (str) text before everything else, so that the user vector is not the first position (the attention sink)
     user: str = "[UserRep] is a user representation."  # (str) sentence carrying the user vector; dropped for LLM-only
     template: str = (
         " This user has bought {history} in the previous. Recommend one next item for this user to buy next "
@@ -109,7 +111,7 @@ class PromptBuilder:
             history=self._items(history, HISTORY_TOKEN if with_embeddings else None),
             candidates=self._items(candidates, CANDIDATE_TOKEN if with_embeddings else None),
         )
-        return self.cfg.user + body if with_embeddings else body.lstrip()
+        return self.cfg.prefix + (self.cfg.user + body if with_embeddings else body.lstrip())
 
     def prompts(self, history: list[list[int]], candidates: list[list[int]], with_embeddings: bool = True) -> list[list[int]]:
         texts = [self.text(h, c, with_embeddings) for h, c in zip(history, candidates)]

@@ -4,7 +4,9 @@
     make bench-llm DATASET=beauty DATA_DIR=../shared/data/amazon/Beauty/prepared [LLM=smollm2]
 
 Needs the align_stage1 run of the dataset and backbone (``make bench-llm`` makes it first). Times
-``--steps`` optimiser steps of real training batches (after one warm-up step), then each
+``--steps`` optimiser steps of real training batches (after one warm-up step) for each training
+objective (``generate``, ``choice``, ``both``: ``<objective>_train_samples_per_second`` and
+``_tokens_per_second``; the configured one is also ``train_*``), then each
 evaluation mode alone (``score`` and ``generate``, for A-LLMRec and for the LLM-only prompt) over
 ``--users`` test users. Options: ``--steps N`` (default 8), ``--users N`` (default 32),
 ``--out FILE.json`` (default ``benchmarks/results/llm-<host>.json``).
@@ -24,18 +26,32 @@ import torch
 from benchmarks.timing import peak_mib, sync, time_training
 
 
+def cfg_args(users: int, overrides: list[str]) -> list[str]:
+    return ["stage=align_stage2", f"stage.max_eval_users={users}", *overrides]
+
+
 def bench(overrides: list[str], steps: int, users: int) -> dict:
     import lightning as L
 
     from lightning_modules.align_stage2 import build_align_stage2
+    from lightning_modules.align_stage2_config import OBJECTIVES
     from lightning_modules.config import compose
     from lightning_modules.training import device_for
 
-    cfg = compose(["stage=align_stage2", f"stage.max_eval_users={users}", *overrides])
-    L.seed_everything(cfg.seed, verbose=False)
+    cfg = compose(cfg_args(users, overrides))
     device = device_for(cfg)
+    per_objective = {}
+    for objective in OBJECTIVES:  # the configured objective last: its module is the one evaluated below
+        if objective == cfg.stage.objective:
+            continue
+        L.seed_everything(cfg.seed, verbose=False)
+        datamodule, module = build_align_stage2(compose([*cfg_args(users, overrides), f"stage.objective={objective}"]), device)
+        per_objective[objective] = time_training(module, datamodule.train_dataloader(), steps, device, tokens=True)
+        del module
+    L.seed_everything(cfg.seed, verbose=False)
     datamodule, module = build_align_stage2(cfg, device)
     timed = time_training(module, datamodule.train_dataloader(), steps, device, tokens=True)
+    per_objective[cfg.stage.objective] = timed
     results = {
         "llm": cfg.llm.name,
         "dtype": cfg.llm.dtype,
@@ -46,6 +62,9 @@ def bench(overrides: list[str], steps: int, users: int) -> dict:
         "train_batch_size": cfg.stage.batch_size,
         "train_samples_per_second": timed["train_samples_per_second"],
         "train_tokens_per_second": timed["train_tokens_per_second"],
+        "objective": cfg.stage.objective,
+        **{f"{o}_train_samples_per_second": t["train_samples_per_second"] for o, t in per_objective.items()},
+        **{f"{o}_train_tokens_per_second": t["train_tokens_per_second"] for o, t in per_objective.items()},
         "train_peak_mib": peak_mib(device),
     }
     module.eval()

@@ -51,6 +51,11 @@ def _fmt(value) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
+def _ci(metrics: dict, key: str) -> str:
+    low, high = metrics.get(f"{key}_ci95_low"), metrics.get(f"{key}_ci95_high")
+    return "" if low is None else f"[{low:.4f}, {high:.4f}]"
+
+
 def llm_table(metrics: dict) -> str:
     """A-LLMRec against its baselines on one stage-2 run's test users."""
     rows = [
@@ -59,25 +64,39 @@ def llm_table(metrics: dict) -> str:
         ("LLM-only, generate", None, "test/llm_only/generate/"),
         ("A-LLMRec, score", "test/", None),
         ("A-LLMRec, generate", None, "test/generate/"),
+        ("A-LLMRec, candidate vectors shuffled, score", "test/shuffled/", None),
         ("A-LLMRec text-path items, score", "test/text_items/", None),
     ]
-    header = "| model | " + " | ".join(t for _, t in LLM_COLUMNS) + " | cold Hit@1 | warm Hit@1 | valid answers |"
-    lines = [header, "|---|" + "---:|" * (len(LLM_COLUMNS) + 3)]
+    header = (
+        "| model | " + " | ".join(t for _, t in LLM_COLUMNS)
+        + " | Hit@1 95% interval | cold Hit@1 | warm Hit@1 | paper cold / warm Hit@1 | valid answers |"
+    )
+    lines = [header, "|---|" + "---:|" * (len(LLM_COLUMNS) + 5)]
     for name, prefix, gen in rows:
         if prefix is not None and f"{prefix}hit@1" not in metrics:
             continue
         if gen is not None and f"{gen}hit@1" not in metrics:
             continue
+        key = f"{prefix if prefix is not None else gen}hit@1"
+        interval = _ci(metrics, key)
         if prefix is not None:
             cells = [_fmt(metrics.get(f"{prefix}{k}")) for k, _ in LLM_COLUMNS]
             cold = _fmt(metrics.get(f"{prefix}cold/hit@1"))
             warm = _fmt(metrics.get(f"{prefix}warm/hit@1"))
+            paper = f"{_fmt(metrics.get(f'{prefix}paper_cold/hit@1'))} / {_fmt(metrics.get(f'{prefix}paper_warm/hit@1'))}"
             valid = ""
         else:
             cells = [_fmt(metrics.get(f"{gen}hit@1"))] + [""] * (len(LLM_COLUMNS) - 1)
-            cold = warm = ""
+            cold = warm = paper = ""
             valid = _fmt(metrics.get(f"{gen}valid_answer_rate"))
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {cold} | {warm} | {valid} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {interval} | {cold} | {warm} | {paper} | {valid} |")
+    diffs = [
+        f"{other}: {metrics[f'test/diff/{other}/hit@1']:+.4f} {_ci(metrics, f'test/diff/{other}/hit@1')}"
+        for other in ("llm_only", "shuffled", "text_items", "backbone")
+        if f"test/diff/{other}/hit@1" in metrics
+    ]
+    if diffs:
+        lines.append("\nA-LLMRec Hit@1 minus, paired over the same users (95% bootstrap interval): " + "; ".join(diffs))
     lines.append(
         f"\n{metrics.get('num_test_users')} test users, {metrics.get('num_train_users')} training users, "
         f"{metrics.get('epochs')} epoch(s), LLM {metrics.get('llm')}, train {metrics.get('train_seconds')} s, "

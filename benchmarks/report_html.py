@@ -39,6 +39,13 @@ def _runs(root: Path) -> list[tuple[Path, dict]]:
     return [(p, json.loads(p.read_text())) for p in sorted(root.glob("**/metrics.json")) if "report" not in p.parts]
 
 
+def _interval(m: dict, key: str) -> list[float] | None:
+    """A run's own interval of ``key``: ``<key>_ci95`` [low, high] or ``<key>_ci95_low|high`` (bootstrap)."""
+    if f"{key}_ci95_low" in m:
+        return [m[f"{key}_ci95_low"], m[f"{key}_ci95_high"]]
+    return m.get(f"{key}_ci95")
+
+
 def model_rows(root: Path) -> list[dict]:
     """One row per model and run: ``name``, ``hit@1`` with its interval, ``ndcg@10`` (full) with its interval if any."""
     rows = []
@@ -56,7 +63,7 @@ def model_rows(root: Path) -> list[dict]:
             if hit is None and ndcg is None:
                 continue
             row = {"name": f"{run} · {label}", "hit@1": hit, "ndcg@10": ndcg, "n": n}
-            row["hit@1_ci"] = m.get(f"test/{prefix}hit@1_ci95") or (wilson(hit, n) if hit is not None else None)
+            row["hit@1_ci"] = _interval(m, f"test/{prefix}hit@1") or (wilson(hit, n) if hit is not None else None)
             row["ndcg@10_ci"] = m.get(f"test/{prefix}full/ndcg@10_ci95")
             rows.append(row)
     return rows

@@ -259,6 +259,7 @@ class SeqDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         max_train_users: int = 0,
         max_eval_users: int = 0,
+        max_val_users: int = -1,
     ) -> None:
         super().__init__()
         if input_kind not in INPUT_KINDS:
@@ -272,6 +273,7 @@ class SeqDataModule(L.LightningDataModule):
         # Seeded subsets (0 = everyone): the same users whatever the run seed, so runs compare.
         self.max_train_users = max_train_users
         self.max_eval_users = max_eval_users
+        self.max_val_users = max_eval_users if max_val_users < 0 else max_val_users  # -1 = as max_eval_users
         self.data: ProcessedData | None = None
         self.train_data: SequenceTrainData | InteractionTrainData | None = None
 
@@ -337,7 +339,8 @@ class SeqDataModule(L.LightningDataModule):
         return self._loader(self.train_data, sampler)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        dataset = EvalData(self._loaded(), split, self.cfg.max_len, self.max_eval_users, self.cfg.eval_seed)
+        limit = self.max_val_users if split == "val" else self.max_eval_users
+        dataset = EvalData(self._loaded(), split, self.cfg.max_len, limit, self.cfg.eval_seed)
         world, rank = self._replicas()
         lengths = dataset.hist_len.clamp(max=self.cfg.max_len)
         return self._loader(dataset, ShardedEvalSampler(len(dataset), self.eval_batch_size, world, rank, lengths))

@@ -161,6 +161,7 @@ def alignment_data(cfg: Any, stage_cfg: Any, num_negatives: int) -> SeqDataModul
         eval_batch_size=getattr(stage_cfg, "eval_batch_size", None),
         max_train_users=stage_cfg.max_train_users,
         max_eval_users=stage_cfg.max_eval_users,
+        max_val_users=getattr(stage_cfg, "max_val_users", -1),
     )
     datamodule.prepare_data()
     datamodule.setup()

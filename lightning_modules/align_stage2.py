@@ -19,13 +19,10 @@ and cold/warm splits of the target item.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -34,6 +31,7 @@ from aligners.llm import load_llm
 from aligners.llm_ops import (
     IGNORE,
     answer_loss,
+    choice_loss,
     embed_tokens,
     greedy_generate,
     pad,
@@ -43,67 +41,25 @@ from aligners.llm_ops import (
 from aligners.llm_projector import LLMProjector, splice
 from aligners.prompt import CANDIDATE_TOKEN, HISTORY_TOKEN, USER_TOKEN, PromptBuilder, normalize, parse_answer
 from backbones.base import Backbone
+from callbacks.ranking import sampled_ranks
 from datamodules.batch import SeqBatch
-from datamodules.cache import atomic_write_bytes
 from datamodules.constants import PAD_ID
 from datamodules.datamodule import SeqDataModule
 from lightning_modules.align_stage1 import alignment_data
+from lightning_modules.align_stage2_config import AlignStage2Config
 from lightning_modules.artifacts import check_run_dir, frozen_backbone, resolve_upstream
 from lightning_modules.frozen import FrozenParts
+from lightning_modules.stage2_eval import (
+    SPLITS,
+    derangements,
+    hit1_intervals,
+    paper_cold_warm,
+    prompt_orders,
+    split_cold_warm,
+    training_user_vectors,
+    write_predictions,
+)
 from lightning_modules.training import begin_stage, device_for, finish, fit_and_test
-
-VARIANTS = ("llm_only", "text_items")
-
-
-@dataclass
-class AlignStage2Config:
-    """Optimisation and evaluation of ``align_stage2`` (the ``stage`` group)."""
-
-    upstream_stage: ClassVar[str] = "align_stage1"
-    groups: ClassVar[tuple[str, ...]] = ("llm", "prompt")
-
-    name: str = "align_stage2"
-    init_from: str = ""  # (str) the align_stage1 run directory; "" = <paths.runs>/<dataset>/align_stage1/<backbone>
-    lr: float = 1e-4  # (float) Adam learning rate (paper Table 3)
-    betas: tuple[float, float] = (0.9, 0.98)  # (float, float) Adam betas (official code)
-    batch_size: int = 4  # (int) users per step (paper: 4)
-    max_epochs: int = 5  # (int) paper: 5
-    num_negatives: int = 19  # (int) training candidates besides the target, re-drawn every epoch
-    validate: bool = True  # (bool) score-mode validation each epoch picks the checkpoint (the official code has none)
-    monitor: str = "val/hit@1"  # (str) validation metric that picks the checkpoint to test
-    eval_batch_size: int = 8  # (int) users per evaluation step
-    max_train_users: int = 0  # (int) seeded subset of training users; 0 = all
-    max_eval_users: int = 0  # (int) seeded subset of test (and validation) users; 0 = all
-    variants: list[str] = field(default_factory=lambda: ["llm_only", "text_items"])  # (list) llm_only | text_items
-    generate_variants: list[str] = field(default_factory=lambda: ["main", "llm_only"])  # (list) which run generate mode
-    max_new_tokens: int = 48  # (int) generate mode: answer length cap (a title is cut to prompt.max_title_tokens)
-    repetition_penalty: float = 1.0  # (float) generate mode; 1.5 = the official code (it corrupts titles, ref. 5.4)
-    score_normalize: bool = True  # (bool) score mode: mean log-prob per token (else the sum)
-    cold_item_max_count: int = 5  # (int) target items with at most this many training interactions are cold
-
-    def __post_init__(self) -> None:
-        if self.lr <= 0 or min(self.batch_size, self.eval_batch_size, self.num_negatives, self.max_new_tokens) < 1:
-            raise ValueError("stage.lr must be > 0 and stage.batch_size, eval_batch_size, num_negatives, max_new_tokens >= 1")
-        unknown = set(self.variants) - set(VARIANTS)
-        if unknown:
-            raise ValueError(f"stage.variants: unknown {sorted(unknown)}; expected some of {list(VARIANTS)}")
-        unknown = set(self.generate_variants) - {"main", *self.variants}
-        if unknown:
-            raise ValueError(f"stage.generate_variants: {sorted(unknown)} is neither 'main' nor in stage.variants")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"stage.repetition_penalty must be > 0, got {self.repetition_penalty}")
-
-
-def _orders(users: Tensor, size: int, salt: int) -> Tensor:
-    """A seeded permutation of ``size`` candidate columns per user ``[B, size]``: the same for every model."""
-    rows = [np.random.default_rng([salt, int(u)]).permutation(size) for u in users.tolist()]
-    return torch.as_tensor(np.stack(rows), dtype=torch.long, device=users.device)
-
-
-def _split_cold_warm(out: dict[str, Any], prefix: str, scores: Tensor, cold: Tensor) -> None:
-    """Step outputs that score the same rows again as ``<prefix>cold`` and ``<prefix>warm`` subsets."""
-    out[f"scores/{prefix}cold"], out[f"mask/{prefix}cold"] = scores, cold
-    out[f"scores/{prefix}warm"], out[f"mask/{prefix}warm"] = scores, ~cold
 
 
 class LLMProjectionModule(FrozenParts, L.LightningModule):
@@ -136,10 +92,17 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
         with torch.no_grad():
             item_encoder = item_encoder.eval()
             latents = item_encoder(backbone.item_embeddings().detach().float())
-        self.projector = LLMProjector(backbone.hidden_dim, latents.shape[1], llm.get_input_embeddings().embedding_dim)
+        tokens = llm.get_input_embeddings().weight
+        token_norm = float(tokens.detach().float().norm(dim=-1).mean()) if cfg.token_norm else 0.0
+        self.projector = LLMProjector(
+            backbone.hidden_dim, latents.shape[1], tokens.shape[1], cfg.standardize_inputs, token_norm
+        )
         self.register_buffer("item_latents", latents, persistent=False)
         self.register_buffer("text_latents", text_latents, persistent=False)
         self.register_buffer("cold_items", item_counts <= cfg.cold_item_max_count, persistent=False)
+        paper_cold, paper_warm = paper_cold_warm(item_counts, cfg.cold_share)
+        self.register_buffer("paper_cold_items", paper_cold, persistent=False)
+        self.register_buffer("paper_warm_items", paper_warm, persistent=False)
         ids = [prompts.placeholder_ids[t] for t in (USER_TOKEN, HISTORY_TOKEN, CANDIDATE_TOKEN)]
         self.register_buffer("placeholder_ids", torch.tensor(ids), persistent=False)
         vocab = llm.get_output_embeddings().weight.shape[0]
@@ -151,9 +114,8 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
             raise ValueError("stage.variants has text_items but the align_stage1 run has no text_latents.pt")
         self.val_ranking_sets: tuple[str, ...] = ()
         variants = tuple(cfg.variants)
-        splits = ("cold", "warm")
         self.test_ranking_sets = (
-            variants + ("backbone",) + splits + tuple(f"{v}/{s}" for v in variants + ("backbone",) for s in splits)
+            variants + ("backbone",) + SPLITS + tuple(f"{v}/{s}" for v in variants + ("backbone",) for s in SPLITS)
         )
         self.test_rate_names = tuple(
             f"{'' if v == 'main' else v + '/'}generate/{m}" for v in cfg.generate_variants for m in ("hit@1", "valid_answer_rate")
@@ -173,7 +135,8 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
     def _embed(
         self, seqs: list[list[int]], left: bool, user: Tensor | None, history: Tensor | None, candidates: Tensor | None, table: Tensor | None
     ) -> tuple[Tensor, Tensor]:
-        """Token embeddings of ``seqs`` with the projected vectors spliced in -> ``(embeds [B, L, H], mask [B, L])``."""
+        """Token embeddings of ``seqs`` with the projected vectors spliced in -> ``(embeds [B, L, H], mask [B, L])``;
+        ``candidates [B, C]`` are the items whose vectors fill the candidate placeholders, in order."""
         ids, mask = pad(seqs, self.pad_id, left=left)
         ids, mask = ids.to(self.device), mask.to(self.device)
         embeds = embed_tokens(self.llm, ids, self.placeholder_ids)
@@ -198,42 +161,73 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
 
     def training_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
         candidates = torch.cat([batch.pos_items.unsqueeze(1), batch.neg_items], dim=1)
-        order = _orders(batch.user_ids, candidates.shape[1], salt=self.current_epoch + 1)
+        order = prompt_orders(batch.user_ids, candidates.shape[1], salt=self.current_epoch + 1)
         candidates = candidates.gather(1, order)
         history = self._recent(batch.item_seq)
         with torch.no_grad():
             user = self.backbone.encode_user(batch).float()
         prompts = self.prompts.prompts(self._histories(history), candidates.tolist())
+        if self.cfg.objective == "generate":
+            loss, tokens = self._generate_loss(batch, prompts, user, history, candidates)
+        else:
+            loss, tokens = self._choice_loss(prompts, user, history, candidates, target=(order == 0).long().argmax(1))
+        self.last_tokens = tokens  # prompt + answer tokens of this step (benchmarks read it)
+        self.epoch_tokens += self.last_tokens
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        self.log("train/tokens", float(self.last_tokens), on_step=False, on_epoch=True, reduce_fx="sum", batch_size=len(batch))
+        return loss
+
+    def _generate_loss(
+        self, batch: SeqBatch, prompts: list[list[int]], user: Tensor, history: Tensor, candidates: Tensor
+    ) -> tuple[Tensor, int]:
+        """The paper's objective: cross-entropy of the next item's answer tokens after the prompt."""
         answers = self.prompts.answers(batch.pos_items.tolist())
         seqs = [p + a for p, a in zip(prompts, answers)]
         embeds, mask = self._embed(seqs, False, user, history, candidates, self.item_latents)
         labels = torch.full(mask.shape, IGNORE, dtype=torch.long, device=self.device)
         for row, (p, a) in enumerate(zip(prompts, answers)):
             labels[row, len(p) : len(p) + len(a)] = torch.tensor(a, device=self.device)
-        loss = answer_loss(self.llm, embeds, mask, labels)
-        self.last_tokens = int(mask.sum())  # prompt + answer tokens of this step (benchmarks read it)
-        self.epoch_tokens += self.last_tokens
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
-        self.log("train/tokens", float(self.last_tokens), on_step=False, on_epoch=True, reduce_fx="sum", batch_size=len(batch))
-        return loss
+        return answer_loss(self.llm, embeds, mask, labels), int(mask.sum())
+
+    def _choice_loss(
+        self, prompts: list[list[int]], user: Tensor, history: Tensor, candidates: Tensor, target: Tensor
+    ) -> tuple[Tensor, int]:
+        """The ``choice`` / ``both`` objectives (:func:`choice_loss`) on the prompts with their vectors."""
+        embeds, mask = self._embed(prompts, True, user, history, candidates, self.item_latents)
+        answers = [self.prompts.answers(row) for row in candidates.tolist()]
+        s = self.cfg
+        weight = s.generate_weight if s.objective == "both" else 0.0
+        return choice_loss(self.llm, embeds, mask, answers, target, self.pad_id, s.score_reduction, s.score_first_k, weight)
 
     # ----- evaluation --------------------------------------------------------------------------
 
     def _evaluate(
         self, batch: SeqBatch, ordered: Tensor, variant: str, user: Tensor, score: bool, generate: bool
     ) -> tuple[Tensor | None, list[str] | None]:
-        """One prompt pass for ``variant`` (main | llm_only | text_items): candidate scores in prompt order, answers."""
+        """One prompt pass for ``variant`` (main | llm_only | shuffled | text_items): candidate scores in prompt
+        order, answers. ``shuffled`` keeps every title in place and permutes the candidate vectors among the
+        user's candidates (a seeded derangement): if the LLM reads the vectors, its choice must suffer."""
         history = self._recent(batch.item_seq)
         with_emb = variant != "llm_only"
         table = self.text_latents if variant == "text_items" else self.item_latents
+        vectors = ordered
+        if variant == "shuffled":
+            vectors = ordered.gather(1, derangements(batch.user_ids, ordered.shape[1], salt=self.eval_seed))
         prompts = self.prompts.prompts(self._histories(history), ordered.tolist(), with_embeddings=with_emb)
-        embeds, mask = self._embed(prompts, True, user if with_emb else None, history, ordered, table)
+        embeds, mask = self._embed(prompts, True, user if with_emb else None, history, vectors, table)
         next_logits, cache = prompt_forward(self.llm, embeds, mask)
         scores = answers = None
         if score:
             continuations = [self.prompts.answers(row) for row in ordered.tolist()]
             scores = score_continuations(
-                self.llm, cache, mask, next_logits, continuations, self.pad_id, normalize=self.cfg.score_normalize
+                self.llm,
+                cache,
+                mask,
+                next_logits,
+                continuations,
+                self.pad_id,
+                self.cfg.score_reduction,
+                self.cfg.score_first_k,
             )
         if generate:
             new = greedy_generate(
@@ -245,15 +239,17 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
 
     def prompt_order(self, batch: SeqBatch) -> Tensor:
         """The seeded order ``[B, C]`` in which each user's candidates appear in the prompt (the same for every model)."""
-        return _orders(batch.user_ids, batch.candidates.shape[1], salt=self.eval_seed)
+        return prompt_orders(batch.user_ids, batch.candidates.shape[1], salt=self.eval_seed)
 
     @torch.no_grad()
     def answer(self, batch: SeqBatch, variant: str = "main", generate: bool = False) -> tuple[Tensor, list[str] | None]:
         """Score-mode scores ``[B, C]`` of ``batch.candidates`` in their column order and, with ``generate``,
-        the greedy answers: what evaluation computes for ``variant`` (main | llm_only | text_items)."""
+        the greedy answers: what evaluation computes for ``variant`` (main | llm_only | shuffled | text_items)."""
         order = self.prompt_order(batch)
         user = self.backbone.encode_user(batch).float()
-        scores, answers = self._evaluate(batch, batch.candidates.gather(1, order), variant, user, score=True, generate=generate)
+        scores, answers = self._evaluate(
+            batch, batch.candidates.gather(1, order), variant, user, score=True, generate=generate
+        )
         return torch.empty_like(scores).scatter_(1, order, scores), answers  # back from prompt order
 
     @torch.no_grad()
@@ -263,22 +259,36 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
         variants = ("main",) + (tuple(self.cfg.variants) if test else ())
         out: dict[str, Any] = {}
         titles = self.prompts.titles
-        cold = self.cold_items[candidates[:, 0]]
-        records = [{"user": int(u), "candidates": row} for u, row in zip(batch.user_ids.tolist(), ordered.tolist())]
+        target = candidates[:, 0]
+        splits = dict(
+            zip(
+                SPLITS,
+                (
+                    self.cold_items[target],
+                    ~self.cold_items[target],
+                    self.paper_cold_items[target],
+                    self.paper_warm_items[target],
+                ),
+            )
+        )
+        records = [
+            {"user": int(u), "target": int(t), "candidates": row}
+            for u, t, row in zip(batch.user_ids.tolist(), target.tolist(), ordered.tolist())
+        ]
         for variant in variants:
             generate = test and variant in self.cfg.generate_variants
             scores, answers = self.answer(batch, variant, generate=generate)
             prefix = "" if variant == "main" else f"{variant}/"
             out["scores" if variant == "main" else f"scores/{variant}"] = scores
             if test:
-                _split_cold_warm(out, prefix, scores, cold)
-            for rec, row in zip(records, scores.tolist()):
-                rec[f"{prefix}scores"] = [round(s, 4) for s in row]
+                split_cold_warm(out, prefix, scores, splits)
+            for rec, row, rank in zip(records, scores.tolist(), sampled_ranks(scores).tolist()):
+                rec[f"{prefix}scores"], rec[f"{prefix}rank"] = [round(s, 4) for s in row], rank
             if answers is not None:
                 parsed = [parse_answer(a) for a in answers]
-                target = [normalize(titles[i]) for i in candidates[:, 0].tolist()]
+                wanted = [normalize(titles[i]) for i in target.tolist()]
                 named = [p in {normalize(titles[i]) for i in row} for p, row in zip(parsed, candidates.tolist())]
-                hits = torch.tensor([p == t for p, t in zip(parsed, target)], device=self.device)
+                hits = torch.tensor([p == t for p, t in zip(parsed, wanted)], device=self.device)
                 out[f"rate/{prefix}generate/hit@1"] = hits
                 out[f"rate/{prefix}generate/valid_answer_rate"] = torch.tensor(named, device=self.device)
                 for rec, answer, hit in zip(records, answers, hits.tolist()):
@@ -286,7 +296,9 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
         if test:
             backbone = self.backbone.score(batch, candidates).float()
             out["scores/backbone"] = backbone
-            _split_cold_warm(out, "backbone/", backbone, cold)
+            split_cold_warm(out, "backbone/", backbone, splits)
+            for rec, rank in zip(records, sampled_ranks(backbone).tolist()):
+                rec["backbone/rank"] = rank
             self.records.extend(records)
         return out
 
@@ -303,16 +315,8 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
         self.records = []
 
     def on_test_epoch_end(self) -> None:
-        """Every test user's prompt order, scores and answers as JSON lines (rank 0 gathers all ranks)."""
-        records = self.records
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list[Any] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, records)
-            records = [r for part in gathered for r in part]
-        if self.predictions_path is not None and self.trainer.is_global_zero:
-            unique = {r["user"]: r for r in records}  # sharding never duplicates; this guards it
-            lines = "".join(json.dumps(unique[u]) + "\n" for u in sorted(unique))
-            atomic_write_bytes(self.predictions_path, lambda fh: fh.write(lines.encode()))
+        """Every test user's prompt order, scores, ranks and answers as JSON lines (rank 0 gathers all ranks)."""
+        write_predictions(self.records, self.predictions_path if self.trainer.is_global_zero else None)
         self.records = []
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -320,8 +324,13 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
         for key in [k for k in state if not k.startswith("projector.")]:
             del state[key]
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.projector.parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.betas))
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.Adam(self.projector.parameters(), lr=self.cfg.lr, betas=tuple(self.cfg.betas))
+        if not self.cfg.warmup_steps:
+            return optimizer
+        warmup = self.cfg.warmup_steps
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 def build_align_stage2(cfg: Any, device: str | torch.device = "cpu") -> tuple[SeqDataModule, LLMProjectionModule]:
@@ -346,6 +355,8 @@ def build_align_stage2(cfg: Any, device: str | torch.device = "cpu") -> tuple[Se
         backbone, item_ae.encoder, llm, prompts, s, text_latents, counts,
         eval_seed=cfg.data.eval_seed, predictions_path=cfg.run_dir / "predictions.jsonl",
     )
+    if s.standardize_inputs:
+        module.projector.fit_input_stats(training_user_vectors(backbone, datamodule), module.item_latents[1:])
     return datamodule, module
 
 
@@ -365,6 +376,8 @@ def run_align_stage2(cfg: Any) -> dict[str, Any]:
         metrics["train_samples_per_second"] = round(len(datamodule.train_data) / metrics["seconds_per_epoch"], 3)
         # the last epoch's tokens over the mean epoch time: exact for the usual single or equal epochs
         metrics["train_tokens_per_second"] = round(module.epoch_tokens * trainer.world_size / metrics["seconds_per_epoch"], 1)
+    if trainer.is_global_zero:
+        metrics.update(hit1_intervals(cfg.run_dir / "predictions.jsonl", s))
     if metrics.get("test_seconds") and metrics["num_test_users"]:
         metrics["test_users_per_second"] = round(metrics["num_test_users"] / metrics["test_seconds"], 4)
     return finish(cfg, trainer, metrics, {"projector": module.projector.state_dict()}, datamodule.data)

@@ -11,9 +11,10 @@ from aligners.llm_ops import greedy_generate, pad, prompt_forward, score_continu
 from aligners.llm_projector import splice
 from aligners.prompt import CANDIDATE_TOKEN, HISTORY_TOKEN, USER_TOKEN, PromptBuilder, PromptConfig, parse_answer
 from lightning_modules.align_stage1 import build_align_stage1
-from lightning_modules.align_stage2 import _orders, build_align_stage2
+from lightning_modules.align_stage2 import build_align_stage2
 from lightning_modules.config import compose
 from lightning_modules.run import run
+from lightning_modules.stage2_eval import prompt_orders
 from tests.conftest import llm_args
 
 
@@ -68,11 +69,11 @@ def test_titles_cut_to_max_tokens(tiny_lm):
 
 def test_candidate_order_is_seeded_per_user():
     users = torch.tensor([3, 4, 3])
-    a, b = _orders(users, 20, salt=7), _orders(users, 20, salt=7)
+    a, b = prompt_orders(users, 20, salt=7), prompt_orders(users, 20, salt=7)
     assert torch.equal(a, b)
     assert torch.equal(a[0], a[2]) and not torch.equal(a[0], a[1])
     assert sorted(a[1].tolist()) == list(range(20))
-    assert not torch.equal(_orders(users, 20, salt=8)[0], a[0])
+    assert not torch.equal(prompt_orders(users, 20, salt=8)[0], a[0])
 
 
 def test_parse_answer():
@@ -107,12 +108,17 @@ def test_score_continuations_matches_full_forward(tiny_lm):
     ids, mask = pad(prompts, 0, left=True)
     with torch.no_grad():
         next_logits, cache = prompt_forward(model, model.get_input_embeddings()(ids), mask)
-        summed = score_continuations(model, cache, mask, next_logits, conts, 0, normalize=False)
-        mean = score_continuations(model, cache, mask, next_logits, conts, 0, normalize=True)
+        summed = score_continuations(model, cache, mask, next_logits, conts, 0, reduction="sum")
+        mean = score_continuations(model, cache, mask, next_logits, conts, 0, reduction="mean")
+        first2 = score_continuations(model, cache, mask, next_logits, conts, 0, reduction="first_k", k=2)
         expected = torch.tensor([[_naive_logprob(model, p, c) for c in row] for p, row in zip(prompts, conts)])
+        expected2 = torch.tensor([[_naive_logprob(model, p, c[:2]) / len(c[:2]) for c in row] for p, row in zip(prompts, conts)])
     torch.testing.assert_close(summed, expected, atol=1e-4, rtol=1e-4)
     lengths = torch.tensor([[len(c) for c in row] for row in conts], dtype=torch.float)
     torch.testing.assert_close(mean, expected / lengths, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(first2, expected2, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="score reduction"):
+        score_continuations(model, cache, mask, next_logits, conts, 0, reduction="max")
 
 
 def test_greedy_generate_matches_stepwise_argmax(tiny_lm):
@@ -218,13 +224,23 @@ def test_train_all_chain_on_tiny_llm(tmp_path, tiny_llm_dir):
         hits = [r[f"{prefix}hit"] for r in records]
         assert metrics[f"test/{prefix}generate/hit@1"] == pytest.approx(sum(hits) / len(hits))
     # cold and warm split the same users: the whole is a mixture of its parts (or one part is empty)
-    for prefix in ("", "llm_only/", "backbone/"):
+    for prefix in ("", "llm_only/", "shuffled/", "backbone/"):
         parts = [metrics[f"test/{prefix}{s}/hit@1"] for s in ("cold", "warm")]
         defined = [v for v in parts if v == v]
         assert defined and min(defined) - 1e-6 <= metrics[f"test/{prefix}hit@1"] <= max(defined) + 1e-6
+        # the intervals are those of the per-user ranks written to predictions.jsonl
+        hits = [r[f"{prefix}rank"] == 0 for r in records]
+        assert metrics[f"test/{prefix}hit@1"] == pytest.approx(sum(hits) / len(hits))
+        assert metrics[f"test/{prefix}hit@1_ci95_low"] <= metrics[f"test/{prefix}hit@1"] <= metrics[f"test/{prefix}hit@1_ci95_high"]
+    for other in ("llm_only", "shuffled", "backbone"):
+        diff = metrics["test/hit@1"] - metrics[f"test/{other}/hit@1"]
+        assert saved[f"test/diff/{other}/hit@1"] == pytest.approx(diff)
+        assert saved[f"test/diff/{other}/hit@1_ci95_low"] <= diff <= saved[f"test/diff/{other}/hit@1_ci95_high"]
+    assert "test/paper_cold/hit@1" in saved and "test/diff/llm_only/generate/hit@1" in saved
     assert saved["num_test_users"] == 6 and saved["epochs"] == 1 and saved["train_tokens_per_second"] > 0
     weights = torch.load(run_dir / "weights.pt", weights_only=True)
-    assert list(weights) == ["projector"] and all(k.startswith(("user_proj", "item_proj")) for k in weights["projector"])
+    stats = ("user_mean", "user_std", "item_mean", "item_std", "token_norm")  # the projectors' fixed buffers
+    assert list(weights) == ["projector"] and all(k.startswith(("user_proj", "item_proj", *stats)) for k in weights["projector"])
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert all(k.startswith("projector.") for k in ckpt["state_dict"])
     assert len(records) == 6 and {"answer", "scores", "llm_only/scores"} <= set(records[0])

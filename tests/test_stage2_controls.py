@@ -1,0 +1,128 @@
+"""A-LLMRec stage 2 beyond the paper's recipe: the shuffled control, the choice objective, the projectors'
+token scale, the paper's cold/warm split and the bootstrap intervals (tiny random LLM, offline)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from aligners.llm_projector import LLMProjector
+from callbacks.intervals import hit_intervals
+from lightning_modules.align_stage2 import build_align_stage2
+from lightning_modules.config import compose
+from lightning_modules.run import run
+from lightning_modules.stage2_eval import derangements, paper_cold_warm
+from tests.conftest import llm_args
+
+
+def test_derangements_move_every_candidate_and_are_seeded():
+    users = torch.arange(1, 60)
+    d = derangements(users, 20, salt=3)
+    assert (d != torch.arange(20)).all()  # no candidate keeps its own vector
+    assert torch.equal(d.sort(1).values, torch.arange(20).expand(59, 20))  # a permutation of the row
+    assert torch.equal(d, derangements(users, 20, salt=3)) and not torch.equal(d, derangements(users, 20, salt=4))
+    assert (derangements(users, 2, salt=0) == torch.tensor([1, 0])).all()
+
+
+def test_paper_cold_warm_is_the_bottom_and_top_share_by_training_count():
+    counts = torch.tensor([0, 5, 1, 1, 9, 3, 2, 7, 4, 8, 6])  # padding id 0, then 10 items
+    cold, warm = paper_cold_warm(counts, 0.3)
+    assert cold.nonzero().flatten().tolist() == [2, 3, 6]  # counts 1, 1, 2
+    assert warm.nonzero().flatten().tolist() == [4, 7, 9]  # counts 9, 7, 8
+    assert not cold[0] and not warm[0] and not (cold & warm).any()
+
+
+def test_hit_intervals_are_paired_over_the_same_users():
+    rng = np.random.default_rng(0)
+    main = rng.random(400) < 0.4
+    same = main.copy()
+    worse = main & (rng.random(400) < 0.5)  # loses about half of main's hits, gains none
+    out = hit_intervals({"main": main, "same": same, "worse": worse}, "main", ("same", "worse"), resamples=500)
+    assert out["test/hit@1_ci95_low"] < main.mean() < out["test/hit@1_ci95_high"]
+    # a binomial interval's half-width is about 1.96 * sqrt(p (1 - p) / n)
+    half = 1.96 * np.sqrt(main.mean() * (1 - main.mean()) / 400)
+    assert out["test/hit@1_ci95_high"] - out["test/hit@1_ci95_low"] == pytest.approx(2 * half, rel=0.2)
+    assert out["test/diff/same/hit@1"] == out["test/diff/same/hit@1_ci95_low"] == out["test/diff/same/hit@1_ci95_high"] == 0
+    assert out["test/diff/worse/hit@1"] == pytest.approx(main.mean() - worse.mean())
+    assert out["test/diff/worse/hit@1_ci95_low"] > 0  # paired: far narrower than two separate intervals
+    with pytest.raises(ValueError, match="same users"):
+        hit_intervals({"main": main, "short": main[:10]}, "main", ("short",))
+
+
+def test_projector_token_scale_and_standardised_inputs_are_saved():
+    torch.manual_seed(0)
+    proj = LLMProjector(6, 4, 16, standardize=True, token_norm=3.2)
+    users, items = torch.randn(50, 6) * 7 + 3, torch.randn(30, 4) * 0.01
+    proj.fit_input_stats(users, items)
+    out = proj.project_user(users)
+    torch.testing.assert_close(out.norm(dim=-1), torch.full((50,), 3.2))
+    torch.testing.assert_close(proj.project_items(items).norm(dim=-1), torch.full((30,), 3.2))
+    standardised = (users - users.mean(0)) / users.std(0)
+    direction = proj.user_proj(standardised)
+    torch.testing.assert_close(out, direction * 3.2 / direction.norm(dim=-1, keepdim=True))
+    again = LLMProjector(6, 4, 16, standardize=True)
+    again.load_state_dict(proj.state_dict())  # statistics and norm are buffers of the saved state
+    torch.testing.assert_close(again.project_user(users), out)
+    plain = LLMProjector(6, 4, 16)  # the paper's projectors: no rescaling
+    assert not torch.allclose(plain.project_user(users).norm(dim=-1), torch.full((50,), 3.2))
+
+
+@pytest.fixture(scope="module")
+def stage1_runs(tmp_path_factory, tiny_llm_dir):
+    tmp = tmp_path_factory.mktemp("stage2_controls")
+    base = llm_args(tmp, tiny_llm_dir, "stage.max_epochs=1")
+    run(compose(base))
+    run(compose(base + ["stage=align_stage1"]))
+    return base
+
+
+@pytest.mark.parametrize("objective", ["choice", "both"])
+def test_choice_objective_gradient_reaches_the_projectors_only(stage1_runs, objective):
+    args = [f"stage.objective={objective}", "stage.score_reduction=first_k", "stage.score_first_k=2"]
+    datamodule, module = build_align_stage2(
+        compose(stage1_runs + ["stage=align_stage2", "stage.batch_size=3", "stage.token_norm=true", "stage.standardize_inputs=true", *args])
+    )
+    module.train()
+    batch = next(iter(datamodule.train_dataloader()))
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss) and loss.requires_grad
+    loss.backward()
+    for name, p in module.projector.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    for part in ("user_proj", "item_proj"):  # both the user and the candidate vectors carry the choice
+        assert any(p.grad.abs().sum() > 0 for n, p in module.projector.named_parameters() if n.startswith(part)), part
+    for name, p in [*module.llm.named_parameters(), *module.backbone.named_parameters()]:
+        assert not p.requires_grad and p.grad is None, name
+    # with 1 + num_negatives candidates, an uninformed choice costs about log(C)
+    if objective == "choice":
+        assert 0 < loss.item() < 3 * np.log(batch.neg_items.shape[1] + 1)
+
+
+def test_shuffled_control_changes_only_the_candidate_vectors(stage1_runs, monkeypatch):
+    datamodule, module = build_align_stage2(compose(stage1_runs + ["stage=align_stage2", "stage.max_eval_users=4"]))
+    module.eval()
+    batch = next(iter(datamodule.test_dataloader()))
+    seen = {}
+
+    def capture(seqs, left, user, history, candidates, table):
+        seen.setdefault("calls", []).append((seqs, candidates.clone()))
+        return original(seqs, left, user, history, candidates, table)
+
+    original = module._embed
+    monkeypatch.setattr(module, "_embed", capture)
+    module.answer(batch, "main")
+    module.answer(batch, "shuffled")
+    (main_text, main_vecs), (shuf_text, shuf_vecs) = seen["calls"]
+    assert main_text == shuf_text  # the same prompt: every title in its place
+    assert torch.equal(main_vecs.sort(1).values, shuf_vecs.sort(1).values) and (main_vecs != shuf_vecs).all()
+
+
+def test_report_table_shows_the_controls_and_the_intervals():
+    from benchmarks.report import llm_table
+
+    metrics = {"test/hit@1": 0.3, "test/hit@1_ci95_low": 0.26, "test/hit@1_ci95_high": 0.34, "test/shuffled/hit@1": 0.1}
+    metrics.update({"test/diff/shuffled/hit@1": 0.2, "test/diff/shuffled/hit@1_ci95_low": 0.15, "test/diff/shuffled/hit@1_ci95_high": 0.25})
+    table = llm_table(metrics)
+    assert "| A-LLMRec, score | 0.3000 |" in table and "[0.2600, 0.3400]" in table
+    assert "candidate vectors shuffled, score | 0.1000" in table and "shuffled: +0.2000 [0.1500, 0.2500]" in table
