@@ -27,11 +27,11 @@ from aligners.vq_descriptor import word_vocabulary
 
 
 def shared_word_vocabulary(
-    llm_tokenizer, text_tokenizer, size: int = 20000, language: str = "en", min_length: int = 2
+    llm_tokenizer, text_tokenizer, size: int = 20000, language: str = "en", min_length: int = 2, parts_of_speech: str = "any"
 ) -> tuple[list[int], list[int], list[str]]:
     """``(llm_ids, text_ids, words)``: common words (see :func:`word_vocabulary`) that are one whole
     token of the LLM and one token of the text encoder, sorted by LLM token id."""
-    llm_ids, words = word_vocabulary(llm_tokenizer, size, language, min_length)
+    llm_ids, words = word_vocabulary(llm_tokenizer, size, language, min_length, parts_of_speech)
     keep_llm, keep_text, keep_words = [], [], []
     for llm_id, word in zip(llm_ids, words):
         pieces = text_tokenizer(word, add_special_tokens=False)["input_ids"]

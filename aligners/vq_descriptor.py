@@ -35,18 +35,43 @@ CODEBOOK_WEIGHT = 0.75  # the official split of the VQ loss: codebook term
 COMMITMENT_WEIGHT = 0.25  # and commitment term
 
 
-def word_vocabulary(tokenizer, size: int = 20000, language: str = "en", min_length: int = 2) -> tuple[list[int], list[str]]:
+PARTS_OF_SPEECH = ("any", "noun_adj")
+
+
+def is_noun_or_adjective(word: str) -> bool:
+    """Whether ``word`` can be a noun or an adjective in lemminflect's English lexicon (offline),
+    and is not a verb's -ing or -ed form that is only a noun by conversion ("lobbying",
+    "transferring"; "moisturizing" is only a verb form; "interested" stays if it is an adjective)."""
+    from lemminflect import getAllLemmas
+
+    forms = getAllLemmas(word)
+    if "ADJ" in forms:
+        return True
+    if "NOUN" not in forms:
+        return False
+    verb = forms.get("VERB", ())
+    return not (word.endswith(("ing", "ed")) and verb and word not in verb)
+
+
+def word_vocabulary(
+    tokenizer, size: int = 20000, language: str = "en", min_length: int = 2, parts_of_speech: str = "any"
+) -> tuple[list[int], list[str]]:
     """Token ids and words of the tokenizer's whole-word, lower-case alphabetic tokens that are
     among the ``size`` most frequent words of ``language`` (``wordfreq``) and at least
     ``min_length`` letters long (wordfreq's list has single letters such as "s", "t"), sorted by
-    token id.
+    token id. ``parts_of_speech="noun_adj"`` keeps nouns and adjectives only, as the official FACE
+    code does (:func:`is_noun_or_adjective`; English only).
 
     Word-initial tokens: a leading ``Ġ`` (byte-level BPE) or ``▁`` (SentencePiece) marker, or, for
     WordPiece vocabularies, no ``##`` continuation prefix.
     """
     from wordfreq import top_n_list
 
+    if parts_of_speech not in PARTS_OF_SPEECH:
+        raise ValueError(f"parts_of_speech must be one of {list(PARTS_OF_SPEECH)}, got {parts_of_speech!r}")
     common = set(top_n_list(language, size))
+    if parts_of_speech == "noun_adj":
+        common = {w for w in common if is_noun_or_adjective(w)}
     pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     markers = [m for m in ("Ġ", "▁") if any(p and p.startswith(m) for p in pieces)]
     ids, words = [], []

@@ -53,7 +53,7 @@ from aligners.descriptor_text import (
 )
 from aligners.llm import load_token_embeddings
 from aligners.text_encoder import item_text, load_text_encoder
-from aligners.vq_descriptor import VQDescriptorMapper
+from aligners.vq_descriptor import PARTS_OF_SPEECH, VQDescriptorMapper
 from backbones import BACKBONES
 from backbones.base import Backbone
 from datamodules.batch import SeqBatch
@@ -91,6 +91,7 @@ class FACEConfig:
     word_dim: int = 256  # (int) concept / codebook width (d_w)
     vocab_size: int = 20000  # (int) the most frequent words (wordfreq) a descriptor may be
     min_word_length: int = 2  # (int) shortest descriptor word
+    parts_of_speech: str = "any"  # (str) any | noun_adj (the official code: nouns and adjectives, by lemminflect's lexicon)
     dropout: float = 0.1  # (float) dropout of FACE's Transformer layers
     lookup: str = "cosine"  # (str) nearest word by cosine | euclidean (official; collapses onto a few words)
     vq_weight: float = 1.0
@@ -121,6 +122,8 @@ class FACEConfig:
                     "encoder_entities_per_step"):
             if getattr(self, key) < 1:
                 raise ValueError(f"stage.{key} must be >= 1, got {getattr(self, key)}")
+        if self.parts_of_speech not in PARTS_OF_SPEECH:
+            raise ValueError(f"stage.parts_of_speech must be one of {list(PARTS_OF_SPEECH)}, got {self.parts_of_speech!r}")
         if self.word_align_weight < 0:
             raise ValueError(f"stage.word_align_weight must be >= 0, got {self.word_align_weight}")
         if self.interpretability_candidates < 2:
@@ -286,7 +289,7 @@ def build_face(cfg: Any, device: str | torch.device = "cpu") -> tuple[SeqDataMod
     llm_embeddings, llm_tokenizer = load_token_embeddings(cfg.llm)
     sentence_model = text_encoder.model
     llm_ids, text_ids, words = shared_word_vocabulary(
-        llm_tokenizer, sentence_model[0].tokenizer, s.vocab_size, min_length=s.min_word_length
+        llm_tokenizer, sentence_model[0].tokenizer, s.vocab_size, min_length=s.min_word_length, parts_of_speech=s.parts_of_speech
     )
     log.info("FACE vocabulary: %d words (LLM %s, text encoder %s)", len(words), cfg.llm.name, cfg.text_encoder.name)
     codebook = llm_embeddings[llm_ids]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +120,30 @@ def descriptors_csv(data: Any, item_words: list[list[str]], user_words: list[lis
     return buffer.getvalue()
 
 
+def readability(item_words: list[list[str]], titles: list[str], common_share: float = 0.01) -> dict[str, float]:
+    """How readable a table of item descriptors is (``item_words[k]`` describes the item titled ``titles[k]``):
+
+    - ``distinct_words``: words used at least once;
+    - ``top_word_item_share``: share of items whose words include the single most used word (by items);
+    - ``common_word_slot_share``: share of all word slots taken by words that more than
+      ``common_share`` of the items use;
+    - ``title_word_share``: share of slots whose word is a word of the item's own title (case-folded,
+      letters only): words a reader could have guessed from the title.
+    """
+    if not item_words or len(item_words) != len(titles):
+        raise ValueError(f"readability needs one title per described item, got {len(item_words)} rows and {len(titles)} titles")
+    per_item = Counter(w for words in item_words for w in set(words))
+    slots = sum(len(words) for words in item_words)
+    common = {w for w, n in per_item.items() if n > common_share * len(item_words)}
+    title_sets = [set(re.findall(r"[a-z]+", t.lower())) for t in titles]
+    return {
+        "distinct_words": float(len(per_item)),
+        "top_word_item_share": per_item.most_common(1)[0][1] / len(item_words),
+        "common_word_slot_share": sum(w in common for words in item_words for w in words) / slots,
+        "title_word_share": sum(w in ts for words, ts in zip(item_words, title_sets) for w in words) / slots,
+    }
+
+
 def face_outputs(cfg: Any, module: Any, text_encoder: Any, data: Any) -> dict[str, float]:
     """Writes ``descriptors.csv``; returns the interpretability metrics (descriptors and the random control)."""
     s = cfg.stage
@@ -144,4 +170,5 @@ def face_outputs(cfg: Any, module: Any, text_encoder: Any, data: Any) -> dict[st
         "num_interpretability_users": len(targets),
         "vocabulary_size": len(words),
         "distinct_item_words": len({w for ws in item_words for w in ws}),
+        **{f"test/descriptors/{k}": v for k, v in readability(item_words, [t or "" for t in data.titles[1:]]).items()},
     }
