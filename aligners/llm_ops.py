@@ -147,14 +147,8 @@ def reduce_continuations(
 
 
 def score_continuations(
-    llm: nn.Module,
-    cache: object,
-    mask: Tensor,
-    next_logits: Tensor,
-    continuations: list[list[list[int]]],
-    pad_id: int,
-    reduction: str = "mean",
-    k: int = 0,
+    llm: nn.Module, cache: object, mask: Tensor, next_logits: Tensor, continuations: list[list[list[int]]], pad_id: int,
+    reduction: str = "mean", k: int = 0,
 ) -> Tensor:
     """Score ``[B, C]`` of each continuation given its prompt (:func:`continuation_logprobs` then
     :func:`reduce_continuations`); ``first_k`` runs only each continuation's first ``k`` tokens.
