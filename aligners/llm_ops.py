@@ -222,9 +222,7 @@ def greedy_generate(
         if repetition_penalty != 1.0 and generated:
             seen = torch.stack(generated, 1)
             picked = logits.gather(1, seen)
-            logits = logits.scatter(
-                1, seen, torch.where(picked > 0, picked / repetition_penalty, picked * repetition_penalty)
-            )
+            logits = logits.scatter(1, seen, torch.where(picked > 0, picked / repetition_penalty, picked * repetition_penalty))
         token = logits.argmax(-1).masked_fill(done, eos_id)
         generated.append(token)
         done |= token == eos_id

@@ -35,9 +35,7 @@ class LLMProjector(nn.Module):
     The statistics and the norm are buffers of the state dict, saved with the projectors.
     """
 
-    def __init__(
-        self, user_dim: int, item_dim: int, llm_dim: int, standardize: bool = False, token_norm: float = 0.0
-    ) -> None:
+    def __init__(self, user_dim: int, item_dim: int, llm_dim: int, standardize: bool = False, token_norm: float = 0.0) -> None:
         super().__init__()
         self.user_proj = _projector(user_dim, llm_dim, nn.LeakyReLU())
         self.item_proj = _projector(item_dim, llm_dim, nn.GELU())
@@ -46,6 +44,10 @@ class LLMProjector(nn.Module):
             self.register_buffer(f"{name}_mean", torch.zeros(dim))
             self.register_buffer(f"{name}_std", torch.ones(dim))
         self.register_buffer("token_norm", torch.tensor(float(token_norm)))
+        # A Python flag read per call (reading the buffer would sync a GPU on every projection), kept in
+        # step with the buffer when a saved state is loaded.
+        self.rescale = token_norm > 0
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "rescale", float(module.token_norm) > 0))
 
     @torch.no_grad()
     def fit_input_stats(self, users: Tensor, items: Tensor) -> None:
@@ -55,7 +57,7 @@ class LLMProjector(nn.Module):
             getattr(self, f"{name}_std").copy_(x.float().std(0).clamp(min=1e-6))
 
     def _out(self, x: Tensor) -> Tensor:
-        if float(self.token_norm) <= 0:
+        if not self.rescale:
             return x
         return x * (self.token_norm / x.norm(dim=-1, keepdim=True).clamp(min=1e-6))
 
@@ -80,9 +82,7 @@ def splice(embeds: Tensor, input_ids: Tensor, token_id: int, vectors: Tensor, co
     hits = input_ids == token_id
     found = hits.sum(1)
     if not torch.equal(found.cpu(), counts.cpu()):
-        raise ValueError(
-            f"prompt has {found.tolist()} placeholder tokens {token_id} but {counts.tolist()} vectors were given"
-        )
+        raise ValueError(f"prompt has {found.tolist()} placeholder tokens {token_id} but {counts.tolist()} vectors were given")
     if not hits.any():
         return embeds
     k = torch.arange(vectors.shape[1], device=counts.device).unsqueeze(0) < counts.unsqueeze(1)

@@ -26,10 +26,6 @@ import torch
 from benchmarks.timing import peak_mib, sync, time_training
 
 
-def cfg_args(users: int, overrides: list[str]) -> list[str]:
-    return ["stage=align_stage2", f"stage.max_eval_users={users}", *overrides]
-
-
 def bench(overrides: list[str], steps: int, users: int) -> dict:
     import lightning as L
 
@@ -38,20 +34,17 @@ def bench(overrides: list[str], steps: int, users: int) -> dict:
     from lightning_modules.config import compose
     from lightning_modules.training import device_for
 
-    cfg = compose(cfg_args(users, overrides))
-    device = device_for(cfg)
-    per_objective = {}
-    for objective in OBJECTIVES:  # the configured objective last: its module is the one evaluated below
-        if objective == cfg.stage.objective:
-            continue
-        L.seed_everything(cfg.seed, verbose=False)
-        datamodule, module = build_align_stage2(compose([*cfg_args(users, overrides), f"stage.objective={objective}"]), device)
-        per_objective[objective] = time_training(module, datamodule.train_dataloader(), steps, device, tokens=True)
-        del module
+    cfg = compose(["stage=align_stage2", f"stage.max_eval_users={users}", *overrides])
     L.seed_everything(cfg.seed, verbose=False)
+    device = device_for(cfg)
     datamodule, module = build_align_stage2(cfg, device)
-    timed = time_training(module, datamodule.train_dataloader(), steps, device, tokens=True)
-    per_objective[cfg.stage.objective] = timed
+    configured = cfg.stage.objective
+    per_objective = {}
+    for objective in OBJECTIVES:  # one module: the objective is read at each training step
+        module.cfg.objective = objective
+        per_objective[objective] = time_training(module, datamodule.train_dataloader(), steps, device, tokens=True)
+    module.cfg.objective = configured
+    timed = per_objective[configured]
     results = {
         "llm": cfg.llm.name,
         "dtype": cfg.llm.dtype,

@@ -40,10 +40,10 @@ def _runs(root: Path) -> list[tuple[Path, dict]]:
 
 
 def _interval(m: dict, key: str) -> list[float] | None:
-    """A run's own interval of ``key``: ``<key>_ci95`` [low, high] or ``<key>_ci95_low|high`` (bootstrap)."""
-    if f"{key}_ci95_low" in m:
-        return [m[f"{key}_ci95_low"], m[f"{key}_ci95_high"]]
-    return m.get(f"{key}_ci95")
+    """A run's own 95% interval of ``key`` (``<key>_ci95_low`` and ``_ci95_high``, as stage 2 writes them), if any."""
+    if f"{key}_ci95_low" not in m:
+        return None
+    return [m[f"{key}_ci95_low"], m[f"{key}_ci95_high"]]
 
 
 def model_rows(root: Path) -> list[dict]:
@@ -64,7 +64,7 @@ def model_rows(root: Path) -> list[dict]:
                 continue
             row = {"name": f"{run} · {label}", "hit@1": hit, "ndcg@10": ndcg, "n": n}
             row["hit@1_ci"] = _interval(m, f"test/{prefix}hit@1") or (wilson(hit, n) if hit is not None else None)
-            row["ndcg@10_ci"] = m.get(f"test/{prefix}full/ndcg@10_ci95")
+            row["ndcg@10_ci"] = _interval(m, f"test/{prefix}full/ndcg@10")
             rows.append(row)
     return rows
 

@@ -220,14 +220,7 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
         if score:
             continuations = [self.prompts.answers(row) for row in ordered.tolist()]
             scores = score_continuations(
-                self.llm,
-                cache,
-                mask,
-                next_logits,
-                continuations,
-                self.pad_id,
-                self.cfg.score_reduction,
-                self.cfg.score_first_k,
+                self.llm, cache, mask, next_logits, continuations, self.pad_id, self.cfg.score_reduction, self.cfg.score_first_k
             )
         if generate:
             new = greedy_generate(
@@ -242,42 +235,36 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
         return prompt_orders(batch.user_ids, batch.candidates.shape[1], salt=self.eval_seed)
 
     @torch.no_grad()
-    def answer(self, batch: SeqBatch, variant: str = "main", generate: bool = False) -> tuple[Tensor, list[str] | None]:
+    def answer(
+        self, batch: SeqBatch, variant: str = "main", generate: bool = False, order: Tensor | None = None, user: Tensor | None = None
+    ) -> tuple[Tensor, list[str] | None]:
         """Score-mode scores ``[B, C]`` of ``batch.candidates`` in their column order and, with ``generate``,
-        the greedy answers: what evaluation computes for ``variant`` (main | llm_only | shuffled | text_items)."""
-        order = self.prompt_order(batch)
-        user = self.backbone.encode_user(batch).float()
-        scores, answers = self._evaluate(
-            batch, batch.candidates.gather(1, order), variant, user, score=True, generate=generate
-        )
+        the greedy answers: what evaluation computes for ``variant`` (main | llm_only | shuffled | text_items).
+        ``order`` (:meth:`prompt_order`) and ``user`` (the CF user vectors) are computed when not given."""
+        order = self.prompt_order(batch) if order is None else order
+        user = self.backbone.encode_user(batch).float() if user is None else user
+        scores, answers = self._evaluate(batch, batch.candidates.gather(1, order), variant, user, score=True, generate=generate)
         return torch.empty_like(scores).scatter_(1, order, scores), answers  # back from prompt order
 
     @torch.no_grad()
     def _eval_step(self, batch: SeqBatch, test: bool) -> dict[str, Any]:
         candidates = batch.candidates  # [B, C], target in column 0
-        ordered = candidates.gather(1, self.prompt_order(batch))
+        order = self.prompt_order(batch)  # once per batch: every variant shares the order and the user vectors
+        user = self.backbone.encode_user(batch).float()
+        ordered = candidates.gather(1, order)
         variants = ("main",) + (tuple(self.cfg.variants) if test else ())
         out: dict[str, Any] = {}
         titles = self.prompts.titles
         target = candidates[:, 0]
-        splits = dict(
-            zip(
-                SPLITS,
-                (
-                    self.cold_items[target],
-                    ~self.cold_items[target],
-                    self.paper_cold_items[target],
-                    self.paper_warm_items[target],
-                ),
-            )
-        )
+        masks = (self.cold_items[target], ~self.cold_items[target], self.paper_cold_items[target], self.paper_warm_items[target])
+        splits = dict(zip(SPLITS, masks))
         records = [
             {"user": int(u), "target": int(t), "candidates": row}
             for u, t, row in zip(batch.user_ids.tolist(), target.tolist(), ordered.tolist())
         ]
         for variant in variants:
             generate = test and variant in self.cfg.generate_variants
-            scores, answers = self.answer(batch, variant, generate=generate)
+            scores, answers = self.answer(batch, variant, generate, order, user)
             prefix = "" if variant == "main" else f"{variant}/"
             out["scores" if variant == "main" else f"scores/{variant}"] = scores
             if test:

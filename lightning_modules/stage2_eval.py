@@ -85,14 +85,7 @@ def hit1_intervals(predictions: Path, s: Any) -> dict[str, float]:
         generated = {v: column(v, "hit") for v in s.generate_variants}
         others = tuple(v for v in generated if v != "main")
         out.update(
-            hit_intervals(
-                generated,
-                "main",
-                others,
-                metric="generate/hit@1",
-                resamples=s.bootstrap_resamples,
-                seed=s.bootstrap_seed,
-            )
+            hit_intervals(generated, "main", others, metric="generate/hit@1", resamples=s.bootstrap_resamples, seed=s.bootstrap_seed)
         )
     return out
 
