@@ -29,17 +29,21 @@ WITHOUT_WORDS = "Here is a beauty product described in a few words: product, ite
 class PMIJudge:
     """``rank(words [B] of lists, candidates [B, C] of title indices) -> scores [B, C]`` (higher = more likely).
 
-    ``titles``: the display titles, indexed by ``candidates``. The cache holds each title's
-    log-likelihood after ``without`` (the words left out), filled on first use.
+    ``titles``: the display titles, indexed by ``candidates``; with ``max_title_tokens`` > 0 each is
+    judged on its first that many tokens (the brand and product type come first; the cost of a row is
+    mostly its 10 titles). The cache holds each title's log-likelihood after ``without`` (the words
+    left out), filled on first use.
     """
 
-    def __init__(self, llm: nn.Module, tokenizer, titles: list[str], with_words: str = WITH_WORDS, without: str = WITHOUT_WORDS) -> None:
+    def __init__(self, llm: nn.Module, tokenizer, titles: list[str], with_words: str = WITH_WORDS, without: str = WITHOUT_WORDS,
+                 max_title_tokens: int = 0) -> None:
         if "{words}" not in with_words:
             raise ValueError(f"the judge's prompt must contain {{words}}, got {with_words!r}")
         self.llm = llm.eval()
         self.tokenizer = tokenizer
         self.with_words = with_words
-        self.titles = [tokenizer(" " + t, add_special_tokens=False).input_ids or [tokenizer.eos_token_id] for t in titles]
+        cut = max_title_tokens if max_title_tokens > 0 else None
+        self.titles = [(tokenizer(" " + t, add_special_tokens=False).input_ids or [tokenizer.eos_token_id])[:cut] for t in titles]
         self.without_ids = tokenizer(without).input_ids
         self.prior: dict[int, float] = {}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -23,6 +23,23 @@ def _interval(values: np.ndarray, draws: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def mean_intervals(
+    values: dict[str, np.ndarray], resamples: int = 2000, seed: int = 0
+) -> dict[str, tuple[float, float]]:
+    """95% percentile-bootstrap interval of the mean of each 0/1 (or real) array in ``values``.
+    Arrays of one length share their resamples, so those of the same rows stay paired."""
+    out: dict[str, tuple[float, float]] = {}
+    draws: dict[int, np.ndarray] = {}
+    for name, v in values.items():
+        v = np.asarray(v, dtype=float)
+        if len(v) == 0:
+            continue
+        if len(v) not in draws:
+            draws[len(v)] = _draws(len(v), resamples, seed)
+        out[name] = _interval(v, draws[len(v)])
+    return out
+
+
 def hit_intervals(
     hits: dict[str, np.ndarray],
     main: str,

@@ -78,22 +78,24 @@ class CFPretrainModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 
-    def backbone_loss(self, batch: SeqBatch) -> tuple[Tensor, Tensor | None]:
-        """``(loss, user vectors [B, D] or None)``: the backbone's training loss and, when computed on
-        the way, the vector of each row's user (a sequence row: the state at its most recent item)."""
-        if self.backbone.input_kind == "sequence":
-            return self._sequence_loss(batch)
-        return self._user_loss(batch)
+    def backbone_loss(self, batch: SeqBatch, backbone: Backbone | None = None) -> tuple[Tensor, Tensor | None]:
+        """``(loss, user vectors [B, D] or None)``: the training loss of ``backbone`` (default: this
+        module's) and, when computed on the way, the vector of each row's user (a sequence row: the
+        state at its most recent item)."""
+        backbone = self.backbone if backbone is None else backbone
+        if backbone.input_kind == "sequence":
+            return self._sequence_loss(batch, backbone)
+        return self._user_loss(batch, backbone)
 
-    def _sequence_loss(self, batch: SeqBatch) -> tuple[Tensor, Tensor]:
-        hidden = self.backbone.sequence_output(batch.item_seq)
+    def _sequence_loss(self, batch: SeqBatch, backbone: Backbone) -> tuple[Tensor, Tensor]:
+        hidden = backbone.sequence_output(batch.item_seq)
         users = hidden[:, -1]  # rows are left-padded: the last column is the most recent item
         mask = batch.pos_items != PAD_ID
         hidden, targets = hidden[mask], batch.pos_items[mask]  # only real positions: [P, D], [P]
         if self.loss_name == "ce":
-            return self._softmax_loss(hidden, self.backbone.item_embeddings(), targets), users
-        pos = (hidden * self.backbone.item_embeddings(targets)).sum(-1)
-        neg = torch.einsum("pd,pkd->pk", hidden, self.backbone.item_embeddings(batch.neg_items[mask]))
+            return self._softmax_loss(hidden, backbone.item_embeddings(), targets), users
+        pos = (hidden * backbone.item_embeddings(targets)).sum(-1)
+        neg = torch.einsum("pd,pkd->pk", hidden, backbone.item_embeddings(batch.neg_items[mask]))
         return (bce_loss(pos, neg) if self.loss_name == "bce" else bpr_loss(pos, neg)), users
 
     def _softmax_loss(self, hidden: Tensor, table: Tensor, targets: Tensor) -> Tensor:
@@ -101,13 +103,13 @@ class CFPretrainModule(L.LightningModule):
         dtype = getattr(torch, self.cfg.ce_compute_dtype)
         return chunked_softmax_loss(hidden, table[1:], targets - 1, self.cfg.ce_chunk, dtype)
 
-    def _user_loss(self, batch: SeqBatch) -> tuple[Tensor, Tensor | None]:
+    def _user_loss(self, batch: SeqBatch, backbone: Backbone) -> tuple[Tensor, Tensor | None]:
         if self.loss_name == "ce":
-            if self.backbone.dot_product_scores:
-                user, table = self.backbone.user_and_item_tables(batch)
+            if backbone.dot_product_scores:
+                user, table = backbone.user_and_item_tables(batch)
                 return self._softmax_loss(user, table, batch.pos_items), user
-            return full_softmax_loss(self.backbone.score_all(batch), batch.pos_items), None
-        scores = self.backbone.train_scores(batch, torch.cat([batch.pos_items.unsqueeze(1), batch.neg_items], dim=1))
+            return full_softmax_loss(backbone.score_all(batch), batch.pos_items), None
+        scores = backbone.train_scores(batch, torch.cat([batch.pos_items.unsqueeze(1), batch.neg_items], dim=1))
         pos, neg = scores[:, 0], scores[:, 1:]
         return (bce_loss(pos, neg) if self.loss_name == "bce" else bpr_loss(pos, neg)), None
 

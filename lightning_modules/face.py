@@ -34,8 +34,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +52,7 @@ from aligners.descriptor_text import (
 )
 from aligners.llm import load_token_embeddings
 from aligners.text_encoder import item_text, load_text_encoder
-from aligners.vq_descriptor import PARTS_OF_SPEECH, VQDescriptorMapper
+from aligners.vq_descriptor import VQDescriptorMapper
 from backbones import BACKBONES
 from backbones.base import Backbone
 from datamodules.batch import SeqBatch
@@ -61,82 +60,20 @@ from datamodules.cache import processed_dir
 from datamodules.datamodule import SeqDataModule
 from lightning_modules.artifacts import frozen_backbone, resolve_upstream
 from lightning_modules.cf_pretrain import CFPretrainModule
-from lightning_modules.face_outputs import encode_texts, face_outputs, user_texts
+from lightning_modules.face_config import FACEConfig
+from lightning_modules.face_outputs import (
+    draw_candidates,
+    encode_texts,
+    face_outputs,
+    heldout_items,
+    interpretability_hits,
+    seeded_rows,
+    user_texts,
+)
 from lightning_modules.frozen import FrozenParts
 from lightning_modules.training import begin_stage, device_for, finish, fit_and_test, require_titles
 
 log = logging.getLogger("llmrec")
-
-
-@dataclass
-class FACEConfig:
-    """The ``face`` stage (``conf/stage/face.yaml``); official values unless noted there."""
-
-    upstream_stage: ClassVar[str] = "cf_pretrain"
-    groups: ClassVar[tuple[str, ...]] = ("llm", "text_encoder")
-
-    name: str = "face"
-    init_from: str = ""  # (str) cf_pretrain run dir; "" = runs/<dataset>/cf_pretrain/<backbone>
-    lr: float = 1e-3  # (float) Adam lr of the FACE modules
-    backbone_lr: float = 1e-4  # (float) Adam lr of the backbone (lr / 10)
-    weight_decay: float = 0.0  # (float) Adam weight decay of the backbone
-    max_epochs: int = 11  # (int) map + align epochs
-    map_epochs: int = 0  # (int) epochs without the alignment loss first (official: a map phase first)
-    patience: int = 0  # (int) early stopping on the monitor (0 = off)
-    monitor: str = ""  # (str) picks the tested align-phase epoch; "" = the last
-    full_ranking_val: bool = True  # (bool) rank the whole catalogue at validation
-    ce_compute_dtype: str = "auto"  # (str) matmul dtype of the backbone's chunked softmax loss: auto | bfloat16 | float32
-    ce_chunk: int = 0  # (int) rows of logits per chunk of that loss; 0 = sized to the cache
-    num_words: int = 16  # (int) descriptors per entity (n)
-    word_dim: int = 256  # (int) concept / codebook width (d_w)
-    vocab_size: int = 20000  # (int) the most frequent words (wordfreq) a descriptor may be
-    min_word_length: int = 2  # (int) shortest descriptor word
-    parts_of_speech: str = "any"  # (str) any | noun_adj (the official code: nouns and adjectives, by lemminflect's lexicon)
-    dropout: float = 0.1  # (float) dropout of FACE's Transformer layers
-    lookup: str = "cosine"  # (str) nearest word by cosine | euclidean (official; collapses onto a few words)
-    vq_weight: float = 1.0
-    recons_weight: float = 1.0
-    align_weight: float = 0.0  # (float) the official alignment (0.1 there); see conf/stage/face.yaml
-    temperature: float = 0.02  # (float) InfoNCE temperature
-    word_align_weight: float = 1.0  # (float) relaxed word-level alignment (not in the official code; 0 = off)
-    word_neighbours: int = 64  # (int) nearest words per slot in its soft assignment
-    word_temperature: float = 0.05  # (float) soft assignment: softmax of cosine / this
-    word_align_temperature: float = 0.05  # (float) InfoNCE temperature of the word-level alignment
-    word_diversity_weight: float = 1.0  # (float) reward for the entropy of the step's averaged soft word choice (0 = off)
-    word_align_by_type: bool = True  # (bool) its InfoNCE contrasts items with items and users with users only
-    entities_per_step: int = 128  # (int) users per step, with as many positive and random items (FACE's losses)
-    encoder_entities_per_step: int = 64  # (int) of those users, how many (with their items) the text encoder reads
-    user_prompt: str = "The user and his likes can be described as the following words:"
-    item_prompt: str = "The product attracts those who can be described as the following words:"
-    user_history: int = 20  # (int) most recent training titles that make a user's text
-    text_dtype: str = "auto"  # (str) autocast dtype of the frozen text encoder: auto | bfloat16 | float32
-    interpretability_candidates: int = 10  # (int) target + random items ranked by text similarity
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.map_epochs <= self.max_epochs:
-            raise ValueError(f"stage.map_epochs must be in [0, stage.max_epochs={self.max_epochs}], got {self.map_epochs}")
-        for key in ("lr", "backbone_lr", "temperature", "word_temperature", "word_align_temperature"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"stage.{key} must be > 0, got {getattr(self, key)}")
-        for key in ("num_words", "word_dim", "entities_per_step", "user_history", "vocab_size", "word_neighbours",
-                    "encoder_entities_per_step"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"stage.{key} must be >= 1, got {getattr(self, key)}")
-        if self.parts_of_speech not in PARTS_OF_SPEECH:
-            raise ValueError(f"stage.parts_of_speech must be one of {list(PARTS_OF_SPEECH)}, got {self.parts_of_speech!r}")
-        if self.word_align_weight < 0:
-            raise ValueError(f"stage.word_align_weight must be >= 0, got {self.word_align_weight}")
-        if self.interpretability_candidates < 2:
-            raise ValueError(f"stage.interpretability_candidates must be >= 2, got {self.interpretability_candidates}")
-        if self.lookup not in ("cosine", "euclidean"):
-            raise ValueError(f"stage.lookup must be cosine or euclidean, got {self.lookup!r}")
-        for key in ("text_dtype", "ce_compute_dtype"):
-            if getattr(self, key) not in ("auto", "bfloat16", "float32"):
-                raise ValueError(f"stage.{key} must be auto, bfloat16 or float32, got {getattr(self, key)!r}")
-        if self.patience and not self.monitor:
-            raise ValueError(f"stage.patience={self.patience} needs a stage.monitor to stop on")
-        if self.monitor.startswith("val/full/") and not self.full_ranking_val:
-            raise ValueError(f"stage.monitor={self.monitor} needs stage.full_ranking_val=true")
 
 
 class FACEModule(FrozenParts, CFPretrainModule):
@@ -148,8 +85,8 @@ class FACEModule(FrozenParts, CFPretrainModule):
     - ``reference``: a frozen copy of the backbone as loaded, scored at test as ``backbone``.
     """
 
-    test_ranking_sets = ("backbone",)
-    test_full_ranking_sets = ("backbone",)  # logged as test/backbone/full/*
+    test_ranking_sets: tuple[str, ...] = ("backbone",)
+    test_full_ranking_sets: tuple[str, ...] = ("backbone",)  # logged as test/backbone/full/*
 
     def __init__(
         self,
@@ -163,10 +100,17 @@ class FACEModule(FrozenParts, CFPretrainModule):
         item_text: Tensor,
         word_text: Tensor | None = None,
         seed: int = 0,
+        heldout: Tensor | None = None,
+        reader: Any = None,
+        val_targets: Tensor | None = None,
     ) -> None:
         super().__init__(backbone, cfg, loss=loss)
         self.reference = copy.deepcopy(backbone).requires_grad_(False).eval()
         self.backbone.requires_grad_(backbone.trainable)
+        # The continued-training control: the same backbone, data and schedule on its own loss alone.
+        self.control = copy.deepcopy(backbone).requires_grad_(backbone.trainable) if cfg.control else None
+        if cfg.control:
+            self.test_ranking_sets = self.test_full_ranking_sets = ("backbone", "control")
         self.mapper = mapper
         self.bridge = bridge
         self.text = text
@@ -177,6 +121,14 @@ class FACEModule(FrozenParts, CFPretrainModule):
         if word_text is not None and len(word_text) != len(mapper.words):
             raise ValueError(f"word_text has {len(word_text)} rows for {len(mapper.words)} vocabulary words")
         self.register_buffer("word_text", None if word_text is None else F.normalize(word_text.float(), dim=-1), persistent=False)
+        # Items held out from text (bool [N+1]): in no text loss, as anchor or negative.
+        heldout = torch.zeros(len(item_text), dtype=torch.bool) if heldout is None else heldout
+        if len(heldout) != len(item_text):
+            raise ValueError(f"heldout has {len(heldout)} rows for {len(item_text)} items (with the padding row)")
+        self.register_buffer("heldout", heldout.bool(), persistent=False)
+        self.hides_items = bool(heldout.any())
+        self.register_buffer("val_targets", val_targets, persistent=False)  # [V] validation targets for val/interpretability*
+        object.__setattr__(self, "reader", reader)  # the text encoder (not a submodule: its weights are in ``text``)
         self.seed = seed
         self.strict_loading = False  # checkpoints leave out the frozen parts (rebuilt from their sources)
         self.frozen = ("reference", "text")
@@ -192,6 +144,32 @@ class FACEModule(FrozenParts, CFPretrainModule):
 
     def training_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
         rec_loss, users = self.backbone_loss(batch)
+        terms = self.face_terms(batch, users)
+        c = self.cfg
+        face = c.vq_weight * terms["vq"] + c.recons_weight * terms["recons"]
+        for name, weight in (("align", c.align_weight), ("word_align", c.word_align_weight), ("word_diversity", -c.word_diversity_weight)):
+            if name in terms:
+                face = face + weight * terms[name]
+                self.log(f"train/{'word_diversity' if name == 'word_diversity' else 'loss_' + name}", terms[name], batch_size=len(batch))
+        loss = rec_loss + face
+        if self.control is not None:
+            control_loss, _ = self.backbone_loss(batch, self.control)  # its own parameters: a separate optimisation
+            loss = loss + control_loss
+            self.log("train/loss_control", control_loss, batch_size=len(batch))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        self.log("train/loss_backbone", rec_loss, batch_size=len(batch))
+        self.log("train/loss_vq", terms["vq"], batch_size=len(batch))
+        self.log("train/loss_recons", terms["recons"], batch_size=len(batch))
+        self.last_face_loss = float(face.detach())  # FACE's weighted terms alone
+        return loss
+
+    def face_terms(self, batch: SeqBatch, users: Tensor | None = None) -> dict[str, Tensor]:
+        """FACE's unweighted losses on the step's entities: ``vq`` and ``recons`` (CF only) and, in the
+        align phase, the text terms ``align``, ``word_align`` and ``word_diversity`` where enabled.
+
+        The text terms see no held-out item: those rows are dropped before them (not anchors, not
+        negatives), and users enter them detached, because a user's vector is read from a history
+        that may hold held-out items. ``users``: the batch's user vectors when already computed."""
         k = min(self.cfg.entities_per_step, len(batch))
         user_ids = batch.user_ids[:k]
         pos = batch.pos_items[:k, -1] if batch.pos_items.dim() == 2 else batch.pos_items[:k]
@@ -203,56 +181,83 @@ class FACEModule(FrozenParts, CFPretrainModule):
         relax = self.aligning and self.cfg.word_align_weight > 0
         indices, near = self.mapper.search(z_e, self.cfg.word_neighbours if relax else 0)
         quantized, vq_loss = self.mapper.quantize(z_e, indices)
-        recons_loss = F.mse_loss(self.mapper.reconstruct(quantized), x.detach())
-        loss = rec_loss + self.cfg.vq_weight * vq_loss + self.cfg.recons_weight * recons_loss
-        size = len(x)
-        targets = torch.cat([self.user_text[user_ids], self.item_text[items]]) if self.aligning else None
-        if self.aligning and self.cfg.align_weight > 0:
-            # the text encoder reads the first j users, their positives and j random items
+        terms = {"vq": vq_loss, "recons": F.mse_loss(self.mapper.reconstruct(quantized), x.detach())}
+        if not self.aligning or not (relax or self.cfg.align_weight > 0):
+            return terms
+        # The text terms' rows: users (re-encoded from detached vectors when items are held out: same
+        # words, no gradient into the history's item embeddings) and the kept items as they are.
+        kept = k + (~self.heldout[items]).nonzero().squeeze(1)
+        z_users = self.mapper.encode(users[:k].detach()) if self.hides_items else z_e[:k]
+        q_users = self.mapper.quantize(z_users, indices[:k])[0] if self.hides_items else quantized[:k]
+        z_text = torch.cat([z_users, z_e[kept]])
+        idx_text = torch.cat([indices[:k], indices[kept]])
+        near_text = None if near is None else torch.cat([near[:k], near[kept]])
+        q_text = torch.cat([q_users, quantized[kept]])
+        targets = torch.cat([self.user_text[user_ids], self.item_text[items[kept - k]]])
+        is_user = torch.arange(len(targets), device=x.device) < k
+        kind = torch.cat([torch.zeros(k, device=x.device), torch.where(kept < 2 * k, 1.0, 2.0)])
+        if self.cfg.align_weight > 0:
+            # the text encoder reads the first j users, the first j kept positives and j kept random items
             j = min(self.cfg.encoder_entities_per_step, k)
-            read = torch.cat([torch.arange(j), k + torch.arange(j), 2 * k + torch.arange(j)]).to(x.device)
-            described = self.text(self.bridge(quantized[read], indices[read], self.mapper.codebook_map), read < k)
-            align_loss = info_nce(described, targets[read], self.cfg.temperature)
-            loss = loss + self.cfg.align_weight * align_loss
+            rank = torch.stack([(kind == t).long().cumsum(0) for t in range(3)], 1).gather(1, kind.long().unsqueeze(1)).squeeze(1)
+            read = (rank <= j).nonzero().squeeze(1)  # 1-based rank of a row within its kind
+            described = self.text(self.bridge(q_text[read], idx_text[read], self.mapper.codebook_map), is_user[read])
+            terms["align"] = info_nce(described, targets[read], self.cfg.temperature)
             with torch.no_grad():
                 accuracy = ((described @ targets[read].T).argmax(-1) == torch.arange(len(read), device=x.device)).float().mean()
-            self.log("train/loss_align", align_loss, batch_size=len(read))
             self.log("train/align_acc", accuracy, prog_bar=True, batch_size=len(read))
         if relax:
-            weights = self.mapper.relaxed(z_e, near, self.cfg.word_temperature)
-            groups = (torch.arange(size, device=x.device) >= k).long() if self.cfg.word_align_by_type else None
-            described = relaxed_word_text(weights, near, indices, self.word_text)
-            word_loss = info_nce(described, targets, self.cfg.word_align_temperature, groups)
-            loss = loss + self.cfg.word_align_weight * word_loss
+            weights = self.mapper.relaxed(z_text, near_text, self.cfg.word_temperature)
+            groups = (~is_user).long() if self.cfg.word_align_by_type else None
+            described = relaxed_word_text(weights, near_text, idx_text, self.word_text)
+            terms["word_align"] = info_nce(described, targets, self.cfg.word_align_temperature, groups)
             if self.cfg.word_diversity_weight > 0:
-                diversity = word_usage_entropy(weights, near, len(self.mapper.words))
-                loss = loss - self.cfg.word_diversity_weight * diversity
-                self.log("train/word_diversity", diversity, batch_size=size)
-            self.log("train/loss_word_align", word_loss, batch_size=size)
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
-        self.log("train/loss_backbone", rec_loss, batch_size=size)
-        self.log("train/loss_vq", vq_loss, batch_size=size)
-        self.log("train/loss_recons", recons_loss, batch_size=size)
-        self.last_face_loss = float((loss - rec_loss).detach())  # FACE's weighted terms alone
-        return loss
+                terms["word_diversity"] = word_usage_entropy(weights, near_text, len(self.mapper.words))
+        return terms
 
     def validation_step(self, batch: SeqBatch, batch_idx: int) -> dict[str, Tensor]:
         if self.full_ranking_val:
             return CFPretrainModule.test_step(self, batch, batch_idx)  # without the reference's scores
         return super().validation_step(batch, batch_idx)
 
+    def on_validation_epoch_end(self) -> None:
+        if self.val_targets is not None and self.reader is not None and len(self.val_targets):
+            for key, value in self.val_interpretability().items():
+                self.log(key, value, batch_size=len(self.val_targets))
+
+    @torch.no_grad()
+    def val_interpretability(self) -> dict[str, float]:
+        """``val/interpretability/acc@1`` (seen targets) and ``val/interpretability_heldout/acc@1``: the
+        validation targets' descriptor words, read by the text encoder, ranked against the target's
+        item text and 9 random items' (seeded, the same candidates every epoch). Picks the tested epoch."""
+        targets = self.val_targets.cpu()
+        if getattr(self, "_val_candidates", None) is None:
+            self._val_candidates = draw_candidates(targets, self.backbone.num_items, self.cfg.interpretability_candidates, self.seed)
+        unique, inverse = torch.unique(targets, return_inverse=True)
+        words = self.mapper.explain(self.describe(self.backbone.item_embeddings(unique.to(self.device)).float()))
+        described = encode_texts(self.reader, [", ".join(w) for w in words], 256, self.cfg.text_dtype, "val descriptors").cpu()
+        hits = interpretability_hits(described[inverse], self.item_text.cpu(), self._val_candidates).float()
+        held = self.heldout.cpu()[targets]
+        out = {"val/interpretability/acc@1": float(hits[~held].mean()) if (~held).any() else 0.0}
+        if held.any():
+            out["val/interpretability_heldout/acc@1"] = float(hits[held].mean())
+        return out
+
     def test_step(self, batch: SeqBatch, batch_idx: int) -> dict[str, Tensor]:
         out = super().test_step(batch, batch_idx)
-        if batch.candidates is not None:
-            out["scores/backbone"] = self.reference.score(batch, batch.candidates)
-        out["full_scores/backbone"] = self.reference.score_all(batch)
+        scorers = {"backbone": self.reference} | ({"control": self.control} if self.control is not None else {})
+        for name, scorer in scorers.items():
+            if batch.candidates is not None:
+                out[f"scores/{name}"] = scorer.score(batch, batch.candidates)
+            out[f"full_scores/{name}"] = scorer.score_all(batch)
         return out
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = [{"params": list(self.mapper.parameters()), "lr": self.cfg.lr, "weight_decay": 0.0}]
-        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
-        if backbone:
-            groups.append({"params": backbone, "lr": self.cfg.backbone_lr, "weight_decay": self.cfg.weight_decay})
+        for backbone in (self.backbone, self.control):
+            params = [] if backbone is None else [p for p in backbone.parameters() if p.requires_grad]
+            if params:
+                groups.append({"params": params, "lr": self.cfg.backbone_lr, "weight_decay": self.cfg.weight_decay})
         return torch.optim.Adam(groups)
 
     @torch.no_grad()
@@ -299,10 +304,19 @@ def build_face(cfg: Any, device: str | torch.device = "cpu") -> tuple[SeqDataMod
     text_encoder.to(device)
     batch, cache = cfg.text_encoder.batch_size, processed_dir(cfg.data) / "text_embeddings"
     texts = [item_text(t, d) for t, d in zip(data.titles, data.descriptions)]
+    counts = torch.bincount(data.train_interactions()[:, 1], minlength=data.num_items + 1)
+    heldout = heldout_items(counts, s.text_heldout_fraction, cfg.seed)
+    log.info("FACE: %d of %d items held out from every text loss (stage.text_heldout_fraction=%s)",
+             int(heldout.sum()), data.num_items, s.text_heldout_fraction)
     items = encode_texts(text_encoder, texts, batch, s.text_dtype, "item texts", cache)
-    users = encode_texts(text_encoder, user_texts(data, s.user_history), batch, s.text_dtype, "user texts", cache)
+    users = encode_texts(text_encoder, user_texts(data, s.user_history, heldout), batch, s.text_dtype, "user texts", cache)
     word_text = encode_texts(text_encoder, words, batch, s.text_dtype, "words", cache) if s.word_align_weight > 0 else None
-    module = FACEModule(backbone, s, loss, mapper, bridge, text, users, items, word_text, seed=cfg.seed)
+    val_targets = None
+    if s.val_interpretability_users > 0 and data.valid_candidates is not None:
+        val_users = seeded_rows(data.split_users("val"), s.val_interpretability_users, cfg.data.eval_seed)
+        val_targets = data.valid_candidates[val_users, 0]
+    module = FACEModule(backbone, s, loss, mapper, bridge, text, users, items, word_text, seed=cfg.seed,
+                        heldout=heldout, reader=text_encoder, val_targets=val_targets)
     return datamodule, module, text_encoder
 
 

@@ -15,9 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from backbones.base import Backbone
 from callbacks.artifacts import write_text, write_weights
+from callbacks.intervals import mean_intervals
 from callbacks.ranking import check_finite
 from datamodules.batch import SeqBatch
 from datamodules.cache import processed_dir
@@ -45,18 +47,9 @@ def encode_texts(encoder: Any, texts: list[str], batch_size: int, dtype: str, de
     return out
 
 
-def interpretability_accuracy(
-    query: Tensor, titles: Tensor, targets: Tensor, num_candidates: int, seed: int
-) -> tuple[float, Tensor]:
-    """Accuracy@1 of picking each target among ``num_candidates`` items by text similarity.
-
-    ``query [B, d]``: the encoded descriptor words for each row; ``titles [N+1, d]``: encoded item
-    titles; ``targets [B]``: the items the descriptors belong to. Every row ranks its target against
-    ``num_candidates - 1`` distinct random other items (seeded); ties count against the target.
-    Returns ``(accuracy, candidates [B, C])``.
-    """
+def draw_candidates(targets: Tensor, num_items: int, num_candidates: int, seed: int) -> Tensor:
+    """``[B, C]`` item ids: each row's target first, then ``C - 1`` distinct random other items (seeded)."""
     rng = np.random.default_rng(seed)
-    num_items = titles.shape[0] - 1
     candidates = np.empty((len(targets), num_candidates), dtype=np.int64)
     candidates[:, 0] = targets.numpy()
     for row, target in enumerate(candidates[:, 0]):
@@ -66,11 +59,78 @@ def interpretability_accuracy(
             if item != target and item not in picks:
                 picks.append(item)
         candidates[row, 1:] = picks
-    cands = torch.from_numpy(candidates)
-    sims = torch.einsum("bd,bcd->bc", F.normalize(query.float(), dim=-1), F.normalize(titles.float(), dim=-1)[cands])
-    check_finite(sims, "interpretability accuracy")
-    correct = (sims[:, 1:] >= sims[:, :1]).sum(1) == 0
-    return float(correct.float().mean()), cands
+    return torch.from_numpy(candidates)
+
+
+def first_is_best(scores: Tensor, what: str) -> Tensor:
+    """``[B]`` bool: column 0 (the target) scores above every other candidate; ties count against it."""
+    check_finite(scores, what)
+    return (scores[:, 1:] >= scores[:, :1]).sum(1) == 0
+
+
+def interpretability_hits(query: Tensor, titles: Tensor, candidates: Tensor) -> Tensor:
+    """``[B]`` bool: row ``b``'s encoded descriptor words ``query [B, d]`` are nearer (cosine) to the
+    title embedding (``titles [N+1, d]``) of its target ``candidates[b, 0]`` than to any other candidate's."""
+    sims = torch.einsum("bd,bcd->bc", F.normalize(query.float(), dim=-1), F.normalize(titles.float(), dim=-1)[candidates])
+    return first_is_best(sims, "interpretability accuracy")
+
+
+def heldout_items(counts: Tensor, fraction: float, seed: int, strata: int = 10) -> Tensor:
+    """``[N+1]`` bool: a seeded ``fraction`` of items 1..N, stratified by popularity.
+
+    Items are sorted by training count (``counts [N+1]``, ties in seeded random order) and cut into
+    ``strata`` bands of equal size; each band gives its share of the ``round(fraction * N)`` held-out
+    items (the remainders to seeded random bands), so they are as popular as the rest. The padding id
+    0 is never held out."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"stage.text_heldout_fraction must be in [0, 1), got {fraction}")
+    out = torch.zeros(len(counts), dtype=torch.bool)
+    total = int(round(fraction * (len(counts) - 1)))
+    if total == 0:
+        return out
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(len(counts) - 1) + 1
+    bands = np.array_split(shuffled[np.argsort(counts.numpy()[shuffled], kind="stable")], strata)
+    quota = np.array([int(fraction * len(b)) for b in bands])
+    quota[rng.choice(len(bands), total - quota.sum(), replace=False)] += 1
+    for band, q in zip(bands, quota):
+        out[torch.from_numpy(rng.choice(band, q, replace=False))] = True
+    return out
+
+
+def ridge_probe(x: Tensor, y: Tensor, fit: Tensor, alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0),
+                folds: int = 5, seed: int = 0) -> tuple[Tensor, float]:
+    """Linear read-out of ``y [N, d]`` from ``x [N, D]`` (ridge with intercept), fitted on the rows
+    ``fit [N]`` (bool) only. The penalty is chosen among ``alphas`` by ``folds``-fold cross-validated
+    squared error on those rows. Returns ``(predictions [N, d] for every row, alpha)``."""
+    x, y = x.double(), y.double()
+    rows = fit.nonzero().squeeze(1)
+
+    def solve(train: Tensor, alpha: float) -> tuple[Tensor, Tensor, Tensor]:
+        mx, my = x[train].mean(0), y[train].mean(0)
+        xc = x[train] - mx
+        w = torch.linalg.solve(xc.T @ xc + alpha * torch.eye(x.shape[1], dtype=x.dtype), xc.T @ (y[train] - my))
+        return w, mx, my
+
+    order = rows[torch.from_numpy(np.random.default_rng(seed).permutation(len(rows)))]
+    parts = torch.tensor_split(order, folds)
+    errors = []
+    for alpha in alphas:
+        err = 0.0
+        for k, held in enumerate(parts):
+            w, mx, my = solve(torch.cat([p for j, p in enumerate(parts) if j != k]), alpha)
+            err += float((((x[held] - mx) @ w + my - y[held]) ** 2).sum())
+        errors.append(err)
+    alpha = alphas[int(np.argmin(errors))]
+    w, mx, my = solve(rows, alpha)
+    return ((x - mx) @ w + my).float(), alpha
+
+
+def nearest_words(vectors: Tensor, word_text: Tensor, words: list[str], k: int) -> list[list[str]]:
+    """For each row of ``vectors [B, d]``, the ``k`` vocabulary words whose text embeddings
+    (``word_text [V, d]``) are nearest by cosine, nearest first."""
+    sims = F.normalize(vectors.float(), dim=-1) @ F.normalize(word_text.float(), dim=-1).T
+    return [[words[j] for j in row] for row in sims.topk(k, dim=-1).indices.tolist()]
 
 
 @torch.no_grad()
@@ -97,26 +157,31 @@ def entity_vectors(backbone: Backbone, data: Any, max_len: int, batch_size: int 
     return users, backbone.item_embeddings().detach().float().cpu()
 
 
-def user_texts(data: Any, history: int) -> list[str]:
-    """``[U+1]`` texts: the titles of each user's ``history`` most recent training items, oldest first."""
+def user_texts(data: Any, history: int, hidden: Tensor | None = None) -> list[str]:
+    """``[U+1]`` texts: the titles of each user's ``history`` most recent training items, oldest first,
+    leaving out the items marked in ``hidden [N+1]`` (bool: items held out from text)."""
     texts = [""]
     n_train = data.train_length(torch.arange(data.num_users + 1))
     for user in range(1, data.num_users + 1):
         end = int(data.seq_offsets[user]) + int(n_train[user])
-        items = data.seq_items[max(int(data.seq_offsets[user]), end - history) : end].tolist()
+        items = data.seq_items[int(data.seq_offsets[user]) : end]
+        if hidden is not None:
+            items = items[~hidden[items]]
+        items = items[-history:].tolist()
         texts.append("; ".join(" ".join(data.titles[i].split()) for i in items if data.titles[i]) or "No titles")
     return texts
 
 
-def descriptors_csv(data: Any, item_words: list[list[str]], user_words: list[list[str]]) -> str:
-    """``descriptors.csv``: entity_type, internal_id, raw_id, title, words (space-separated, slot order)."""
+def descriptors_csv(data: Any, item_words: list[list[str]], user_words: list[list[str]], heldout: Tensor) -> str:
+    """``descriptors.csv``: entity_type, internal_id, raw_id, title, words (space-separated, slot
+    order), heldout (1: an item that took part in no text loss; empty for users)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["entity_type", "internal_id", "raw_id", "title", "words"])
+    writer.writerow(["entity_type", "internal_id", "raw_id", "title", "words", "heldout"])
     for item, words in enumerate(item_words, start=1):
-        writer.writerow(["item", item, data.item_raw[item], data.titles[item], " ".join(words)])
+        writer.writerow(["item", item, data.item_raw[item], data.titles[item], " ".join(words), int(heldout[item])])
     for user, words in enumerate(user_words, start=1):
-        writer.writerow(["user", user, data.user_raw[user], "", " ".join(words)])
+        writer.writerow(["user", user, data.user_raw[user], "", " ".join(words), ""])
     return buffer.getvalue()
 
 
@@ -144,31 +209,132 @@ def readability(item_words: list[list[str]], titles: list[str], common_share: fl
     }
 
 
+def _accuracies(hits: dict[str, Tensor], resamples: int, seed: int) -> dict[str, float]:
+    """``test/<name>/acc@1`` and its 95% bootstrap interval (``_ci95_low|high``) for each 0/1 array."""
+    intervals = mean_intervals({k: v.numpy() for k, v in hits.items()}, resamples, seed)
+    out: dict[str, float] = {}
+    for name, v in hits.items():
+        if len(v):
+            out[f"test/{name}/acc@1"] = float(v.float().mean())
+            out[f"test/{name}/acc@1_ci95_low"], out[f"test/{name}/acc@1_ci95_high"] = intervals[name]
+    return out
+
+
+def _differences(pairs: dict[str, tuple[Tensor, Tensor]], resamples: int, seed: int) -> dict[str, float]:
+    """``test/diff/<name>/acc@1 = mean(a - b)`` over the same rows, with its paired 95% interval."""
+    diffs = {name: (a.float() - b.float()) for name, (a, b) in pairs.items() if len(a)}
+    return {k: v for name, d in diffs.items() for k, v in _accuracies({f"diff/{name}": d}, resamples, seed).items()}
+
+
+def seeded_rows(rows: Tensor, count: int, seed: int) -> Tensor:
+    """A seeded subset of ``count`` of ``rows`` (all when fewer), in their order."""
+    if len(rows) <= count:
+        return rows
+    return rows[np.sort(np.random.default_rng(seed).choice(len(rows), count, replace=False))]
+
+
+def _judged(judge: Any, words: list[list[str]], candidates: Tensor, batch_size: int, desc: str) -> Tensor:
+    """``[B]`` bool: the judge ranks each row's target (column 0) first among its candidates."""
+    scores = [judge.rank(words[b : b + batch_size], candidates[b : b + batch_size])
+              for b in tqdm(range(0, len(words), batch_size), desc=f"judge: {desc}", disable=not is_rank_zero())]
+    return first_is_best(torch.cat(scores), f"judge ({desc})") if scores else torch.zeros(0, dtype=torch.bool)
+
+
+def judge_outputs(cfg: Any, data: Any, item_words: list[list[str]], words_of: dict[str, list[list[str]]],
+                  rows: dict[str, Tensor], candidates: Tensor, device: torch.device) -> dict[str, Tensor]:
+    """The PMI judge (:mod:`aligners.judge`, the frozen ``cfg.llm``) on each named set of test rows.
+
+    ``rows[name]``: indices into ``candidates [B, C]``; ``words_of[name]`` (optional): the words to show
+    for each of those rows, by default the target's descriptor words (``item_words``). Returns the
+    per-row hits ``{name: [len(rows[name])] bool}``."""
+    from aligners.judge import PMIJudge
+    from aligners.llm import load_llm
+
+    s = cfg.stage
+    llm, tokenizer = load_llm(cfg.llm, device)
+    judge = PMIJudge(llm, tokenizer, [t or "No title" for t in data.titles], max_title_tokens=s.judge_title_tokens)
+    out = {}
+    for name, idx in rows.items():
+        words = words_of.get(name) or [item_words[int(t) - 1] for t in candidates[idx, 0]]
+        out[name] = _judged(judge, words, candidates[idx], s.judge_batch_size, name)
+    return out
+
+
+@torch.no_grad()
 def face_outputs(cfg: Any, module: Any, text_encoder: Any, data: Any) -> dict[str, float]:
-    """Writes ``descriptors.csv``; returns the interpretability metrics (descriptors and the random control)."""
+    """Writes ``descriptors.csv``; returns the interpretability metrics with their intervals: FACE's
+    words on seen and held-out targets (per test user and per distinct item), the ridge probe, the
+    random-word control, the judge and the readability figures."""
     s = cfg.stage
     module.eval()
     users, items = entity_vectors(module.backbone, data, cfg.data.max_len)
     words = module.mapper.words
+    heldout = module.heldout.cpu()
     item_words = module.mapper.explain(module.describe(items[1:]))
     user_words = module.mapper.explain(module.describe(users[1:]))
-    write_text(cfg.run_dir / "descriptors.csv", descriptors_csv(data, item_words, user_words))
-    # Each test user's target item, among random others, ranked by similarity of its words to titles.
+    write_text(cfg.run_dir / "descriptors.csv", descriptors_csv(data, item_words, user_words, heldout))
+    batch, cache = cfg.text_encoder.batch_size, processed_dir(cfg.data) / "text_embeddings"
+
+    def encode(texts: list[str], desc: str, cache_dir: Path | None = None) -> Tensor:
+        return encode_texts(text_encoder, texts, batch, s.text_dtype, desc, cache_dir).cpu()
+
+    titles = encode([t or "No title" for t in data.titles], "titles", cache)
+    word_text = module.word_text.cpu() if module.word_text is not None else encode(words, "words", cache)
+    # Each test user's target item, among random others, ranked by similarity of words to titles.
     targets = data.test_candidates[data.eval_users, 0]
-    batch = cfg.text_encoder.batch_size
-    titles = encode_texts(text_encoder, [t or "No title" for t in data.titles], batch, s.text_dtype, "titles", processed_dir(cfg.data) / "text_embeddings")
+    candidates = draw_candidates(targets, data.num_items, s.interpretability_candidates, cfg.data.eval_seed)
     unique, inverse = torch.unique(targets, return_inverse=True)
-    described = encode_texts(text_encoder, [", ".join(item_words[i - 1]) for i in unique.tolist()], batch, s.text_dtype, "descriptors")
-    acc, _ = interpretability_accuracy(described[inverse], titles, targets, s.interpretability_candidates, cfg.data.eval_seed)
+    described = encode([", ".join(item_words[i - 1]) for i in unique.tolist()], "descriptors")
+    face = interpretability_hits(described[inverse], titles, candidates)
+    # The probe: a ridge map from the frozen (cf_pretrain) item vectors to their text, fitted on seen items.
+    seen_items = ~heldout
+    seen_items[0] = False
+    reference = module.reference.item_embeddings().detach().float().cpu()
+    predicted, alpha = ridge_probe(reference, module.item_text.cpu(), seen_items, seed=cfg.seed)
+    probe_words = nearest_words(predicted[unique], word_text, words, s.num_words)
+    probe = interpretability_hits(encode([", ".join(w) for w in probe_words], "probe words")[inverse], titles, candidates)
+    # Random words: the same for every model, so a seeded 5,000 rows suffice (the encoder's pass over
+    # every row's own random words took 3 of the stage's minutes on the 2-core CPU).
     rng = np.random.default_rng(cfg.data.eval_seed)
-    random_words = [", ".join(words[j] for j in rng.choice(len(words), s.num_words, replace=False)) for _ in range(len(targets))]
-    control = encode_texts(text_encoder, random_words, batch, s.text_dtype, "random descriptors")
-    acc_random, _ = interpretability_accuracy(control, titles, targets, s.interpretability_candidates, cfg.data.eval_seed)
-    return {
-        "test/interpretability/acc@1": acc,
-        "test/interpretability_random/acc@1": acc_random,
+    random_lists = [[words[j] for j in rng.choice(len(words), s.num_words, replace=False)] for _ in range(len(targets))]
+    random_rows = seeded_rows(torch.arange(len(targets)), 5000, cfg.data.eval_seed)
+    random = interpretability_hits(encode([", ".join(random_lists[i]) for i in random_rows.tolist()], "random descriptors"),
+                                   titles, candidates[random_rows])
+    # Per distinct item: every target item once, with its own candidates.
+    per_item = interpretability_hits(described, titles, draw_candidates(unique, data.num_items, s.interpretability_candidates, cfg.data.eval_seed + 1))
+    held_row, held_item = heldout[targets], heldout[unique]
+    hits = {
+        "interpretability": face[~held_row], "interpretability_heldout": face[held_row], "interpretability_all": face,
+        "interpretability_probe": probe[~held_row], "interpretability_probe_heldout": probe[held_row],
+        "interpretability_random": random,
+        "interpretability_items": per_item[~held_item], "interpretability_heldout_items": per_item[held_item],
+    }
+    pairs = {"interpretability_probe_heldout": (face[held_row], probe[held_row]), "interpretability_probe": (face[~held_row], probe[~held_row])}
+    out: dict[str, float] = {"probe_ridge_alpha": alpha}
+    if s.judge_users > 0:
+        seen_rows = seeded_rows((~held_row).nonzero().squeeze(1), s.judge_users, cfg.data.eval_seed)
+        held_rows = seeded_rows(held_row.nonzero().squeeze(1), s.judge_users, cfg.data.eval_seed)
+        control_rows = seeded_rows(held_rows, s.judge_control_users, cfg.data.eval_seed + 1)
+        ceiling = nearest_words(titles[targets[control_rows]], word_text, words, s.num_words)
+        judged = judge_outputs(
+            cfg, data, item_words, {"judge_random": [random_lists[i] for i in control_rows.tolist()], "judge_ceiling": ceiling},
+            {"judge": seen_rows, "judge_heldout": held_rows, "judge_random": control_rows, "judge_ceiling": control_rows},
+            candidates, module.device,
+        )
+        hits.update(judged)
+        # the paired difference on the control's rows: FACE's words against random words for the same targets
+        on_control = torch.isin(held_rows, control_rows)
+        pairs["judge_random"] = (judged["judge_heldout"][on_control], judged["judge_random"])
+    out.update(_accuracies(hits, s.bootstrap_resamples, cfg.data.eval_seed))
+    out.update(_differences(pairs, s.bootstrap_resamples, cfg.data.eval_seed))
+    out.update({
         "num_interpretability_users": len(targets),
+        "num_interpretability_heldout_users": int(held_row.sum()),
+        "num_heldout_items": int(heldout.sum()),
+        "num_judge_users": len(hits.get("judge", [])),
+        "num_judge_heldout_users": len(hits.get("judge_heldout", [])),
         "vocabulary_size": len(words),
         "distinct_item_words": len({w for ws in item_words for w in ws}),
         **{f"test/descriptors/{k}": v for k, v in readability(item_words, [t or "" for t in data.titles[1:]]).items()},
-    }
+    })
+    return out

@@ -14,7 +14,8 @@ from lightning_modules.align_stage1 import AlignStage1Config, run_align_stage1
 from lightning_modules.align_stage2 import run_align_stage2
 from lightning_modules.align_stage2_config import AlignStage2Config
 from lightning_modules.cf_pretrain import CFPretrainConfig, run_cf_pretrain
-from lightning_modules.face import FACEConfig, run_face
+from lightning_modules.face import run_face
+from lightning_modules.face_config import FACEConfig
 
 
 @dataclass(frozen=True)

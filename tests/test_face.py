@@ -147,6 +147,18 @@ def test_face_stage_writes_descriptors_and_metrics(pretrained, tiny_word_llm_dir
     for key in ("full/ndcg@10", "ndcg@10", "hit@1"):
         assert metrics[f"test/backbone/{key}"] == pytest.approx(cf[f"test/{key}"]), key
     assert metrics["test/full/ndcg@10"] is not None and metrics["test/interpretability/acc@1"] is not None
+    # seen / held-out targets, the probe, the judge and its controls, the continued-training control:
+    # every figure with its 95% interval, on the same rows as the figure
+    for name in ("interpretability", "interpretability_heldout", "interpretability_probe_heldout", "interpretability_random",
+                 "interpretability_items", "interpretability_heldout_items", "judge", "judge_heldout", "judge_random",
+                 "judge_ceiling", "diff/judge_random", "diff/interpretability_probe_heldout"):
+        key = f"test/{name}/acc@1"
+        assert metrics[f"{key}_ci95_low"] <= metrics[key] <= metrics[f"{key}_ci95_high"], key
+    assert metrics["num_heldout_items"] == round(0.15 * metrics["num_items"])
+    assert 0 < metrics["num_interpretability_heldout_users"] < metrics["num_interpretability_users"]
+    assert metrics["num_judge_heldout_users"] == min(500, metrics["num_interpretability_heldout_users"])
+    for key in ("test/control/full/ndcg@10", "test/control/hit@1", "best_val/interpretability/acc@1"):
+        assert 0 <= metrics[key] <= 1, key
     # random words sit at chance, 1 in 10 candidates (4 standard errors)
     n, p = metrics["num_interpretability_users"], 0.1
     assert abs(metrics["test/interpretability_random/acc@1"] - p) < 4 * (p * (1 - p) / n) ** 0.5
@@ -156,6 +168,7 @@ def test_face_stage_writes_descriptors_and_metrics(pretrained, tiny_word_llm_dir
     users = [r for r in rows if r["entity_type"] == "user"]
     assert len(items) == metrics["num_items"] and len(users) == metrics["num_users"]
     assert items[0]["title"] and items[0]["raw_id"]
+    assert sum(int(r["heldout"]) for r in items) == metrics["num_heldout_items"]
     for row in rows:
         words = row["words"].split()
         assert len(words) == 4 == len(set(words)) and set(words) <= set(WORDS)

@@ -76,6 +76,8 @@ def test_judge_is_the_pmi_of_each_title_and_caches_the_priors(tiny_llm_dir):
             assert scores[b, c].item() == pytest.approx(expected, abs=1e-3)
     judge.prior[2] = 100.0  # a cached prior is reused, not recomputed
     assert judge.rank(words, candidates)[0, 2] < scores[0, 2] - 50
+    short = PMIJudge(model, tokenizer, titles, max_title_tokens=1)  # only each title's first token is judged
+    assert [len(t) for t in short.titles] == [1, 1, 1, 1] and [t[0] for t in short.titles] == [t[0] for t in judge.titles]
 
 
 @pytest.mark.slow

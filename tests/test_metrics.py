@@ -49,7 +49,7 @@ def test_non_finite_scores_raise_in_every_ranking_path() -> None:
     import pytest
 
     from callbacks.ranking import multi_target_positions
-    from lightning_modules.face_outputs import interpretability_accuracy
+    from lightning_modules.face_outputs import draw_candidates, interpretability_hits
 
     nan_target = torch.tensor([[float("nan"), 1.0, 2.0]])  # compared with >=, a NaN target would be a free hit
     with pytest.raises(ValueError, match="sampled ranking: 1 of 3 scores are NaN or infinite"):
@@ -60,5 +60,5 @@ def test_non_finite_scores_raise_in_every_ranking_path() -> None:
         multi_target_positions(torch.tensor([[0.0, float("nan"), 1.0]]), torch.tensor([[1]]), torch.zeros(1, 0, dtype=torch.long), 2)
     titles = torch.randn(12, 4)
     with pytest.raises(ValueError, match="interpretability accuracy"):
-        interpretability_accuracy(torch.full((2, 4), float("nan")), titles, torch.tensor([1, 2]), 3, seed=0)
+        interpretability_hits(torch.full((2, 4), float("nan")), titles, draw_candidates(torch.tensor([1, 2]), 11, 3, seed=0))
     assert sampled_ranks(torch.tensor([[3.0, 1.0, 2.0]])).tolist() == [0]  # finite scores still rank
