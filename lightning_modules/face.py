@@ -26,8 +26,14 @@ through its embeddings. The first ``map_epochs`` epochs are the map phase (no al
 rest the align phase. Recommendation still uses the backbone's own embeddings; the descriptors are a
 by-product for reading and for LLMs.
 
+Items held out from text (``text_heldout_fraction``) are dropped from every text term, and users
+enter those terms detached (see :meth:`FACEModule.face_terms`). The tested epoch is the best by
+``val/interpretability/acc@1`` on validation users' seen targets.
+
 Test outputs: the trained backbone (``test/*``) and, on the same users and candidates, the
-backbone as it came from ``cf_pretrain`` (``test/backbone/*``).
+backbone as it came from ``cf_pretrain`` (``test/backbone/*``) and the continued-training control
+(``test/control/*``: a copy trained beside it on its own loss alone); then
+:func:`lightning_modules.face_outputs.face_outputs` (descriptors, interpretability, probe, judge).
 """
 
 from __future__ import annotations
