@@ -63,15 +63,15 @@ def hit_intervals(
         )
     if n == 0:
         return {}
-    draws = _draws(n, resamples, seed)
-    out: dict[str, float] = {}
-    for name, values in hits.items():
-        key = f"{prefix}{'' if name == main else name + '/'}{metric}"
-        out[f"{key}_ci95_low"], out[f"{key}_ci95_high"] = _interval(np.asarray(values, dtype=float), draws)
     base = np.asarray(hits[main], dtype=float)
-    for name in compare:
-        diff = base - np.asarray(hits[name], dtype=float)
+    diffs = {name: base - np.asarray(hits[name], dtype=float) for name in compare}
+    intervals = mean_intervals({**hits, **{f"diff/{name}": d for name, d in diffs.items()}}, resamples, seed)
+    out: dict[str, float] = {}
+    for name in hits:
+        key = f"{prefix}{'' if name == main else name + '/'}{metric}"
+        out[f"{key}_ci95_low"], out[f"{key}_ci95_high"] = intervals[name]
+    for name, diff in diffs.items():
         key = f"{prefix}diff/{name}/{metric}"
         out[key] = float(diff.mean())
-        out[f"{key}_ci95_low"], out[f"{key}_ci95_high"] = _interval(diff, draws)
+        out[f"{key}_ci95_low"], out[f"{key}_ci95_high"] = intervals[f"diff/{name}"]
     return out

@@ -134,6 +134,7 @@ class FACEModule(FrozenParts, CFPretrainModule):
         self.register_buffer("heldout", heldout.bool(), persistent=False)
         self.hides_items = bool(heldout.any())
         self.register_buffer("val_targets", val_targets, persistent=False)  # [V] validation targets for val/interpretability*
+        self.val_candidates = None if val_targets is None else draw_candidates(val_targets, backbone.num_items, cfg.interpretability_candidates, seed)
         object.__setattr__(self, "reader", reader)  # the text encoder (not a submodule: its weights are in ``text``)
         self.seed = seed
         self.strict_loading = False  # checkpoints leave out the frozen parts (rebuilt from their sources)
@@ -153,10 +154,12 @@ class FACEModule(FrozenParts, CFPretrainModule):
         terms = self.face_terms(batch, users)
         c = self.cfg
         face = c.vq_weight * terms["vq"] + c.recons_weight * terms["recons"]
-        for name, weight in (("align", c.align_weight), ("word_align", c.word_align_weight), ("word_diversity", -c.word_diversity_weight)):
+        text_terms = (("align", c.align_weight, "train/loss_align"), ("word_align", c.word_align_weight, "train/loss_word_align"),
+                      ("word_diversity", -c.word_diversity_weight, "train/word_diversity"))
+        for name, weight, key in text_terms:
             if name in terms:
                 face = face + weight * terms[name]
-                self.log(f"train/{'word_diversity' if name == 'word_diversity' else 'loss_' + name}", terms[name], batch_size=len(batch))
+                self.log(key, terms[name], batch_size=len(batch))
         loss = rec_loss + face
         if self.control is not None:
             control_loss, _ = self.backbone_loss(batch, self.control)  # its own parameters: a separate optimisation
@@ -200,8 +203,8 @@ class FACEModule(FrozenParts, CFPretrainModule):
         near_text = None if near is None else torch.cat([near[:k], near[kept]])
         q_text = torch.cat([q_users, quantized[kept]])
         targets = torch.cat([self.user_text[user_ids], self.item_text[items[kept - k]]])
-        is_user = torch.arange(len(targets), device=x.device) < k
-        kind = torch.cat([torch.zeros(k, device=x.device), torch.where(kept < 2 * k, 1.0, 2.0)])
+        kind = torch.cat([torch.zeros(k, device=x.device), torch.where(kept < 2 * k, 1.0, 2.0)])  # user, positive, random
+        is_user = kind == 0
         if self.cfg.align_weight > 0:
             # the text encoder reads the first j users, the first j kept positives and j kept random items
             j = min(self.cfg.encoder_entities_per_step, k)
@@ -237,12 +240,10 @@ class FACEModule(FrozenParts, CFPretrainModule):
         validation targets' descriptor words, read by the text encoder, ranked against the target's
         item text and 9 random items' (seeded, the same candidates every epoch). Picks the tested epoch."""
         targets = self.val_targets.cpu()
-        if getattr(self, "_val_candidates", None) is None:
-            self._val_candidates = draw_candidates(targets, self.backbone.num_items, self.cfg.interpretability_candidates, self.seed)
         unique, inverse = torch.unique(targets, return_inverse=True)
         words = self.mapper.explain(self.describe(self.backbone.item_embeddings(unique.to(self.device)).float()))
         described = encode_texts(self.reader, [", ".join(w) for w in words], 256, self.cfg.text_dtype, "val descriptors").cpu()
-        hits = interpretability_hits(described[inverse], self.item_text.cpu(), self._val_candidates).float()
+        hits = interpretability_hits(described[inverse], self.item_text.cpu(), self.val_candidates).float()
         held = self.heldout.cpu()[targets]
         out = {"val/interpretability/acc@1": float(hits[~held].mean()) if (~held).any() else 0.0}
         if held.any():

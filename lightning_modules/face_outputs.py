@@ -222,8 +222,7 @@ def _accuracies(hits: dict[str, Tensor], resamples: int, seed: int) -> dict[str,
 
 def _differences(pairs: dict[str, tuple[Tensor, Tensor]], resamples: int, seed: int) -> dict[str, float]:
     """``test/diff/<name>/acc@1 = mean(a - b)`` over the same rows, with its paired 95% interval."""
-    diffs = {name: (a.float() - b.float()) for name, (a, b) in pairs.items() if len(a)}
-    return {k: v for name, d in diffs.items() for k, v in _accuracies({f"diff/{name}": d}, resamples, seed).items()}
+    return _accuracies({f"diff/{name}": a.float() - b.float() for name, (a, b) in pairs.items()}, resamples, seed)
 
 
 def seeded_rows(rows: Tensor, count: int, seed: int) -> Tensor:
