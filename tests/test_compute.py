@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import lightning_modules.compute_dtypes as compute
-from backbones.losses import auto_chunk, chunked_softmax_loss
+from backbones.losses import SAFE_SHIFT_GAP, auto_chunk, chunked_softmax_loss
 from lightning_modules.config import compose
 from lightning_modules.run import run
 from tests.conftest import tiny_args
@@ -64,18 +64,23 @@ def test_the_defaults_are_auto_and_the_choice_is_recorded_in_the_run(tmp_path: P
 
 def _case(scale: float, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
-    hidden = (scale * torch.randn(37, 8, generator=gen)).requires_grad_()
-    table = (scale * torch.randn(50, 8, generator=gen)).requires_grad_()
+    # scale -1: both shift paths in one call, the first 16 rows small (the bound), the rest large (the max)
+    rows = torch.where(torch.arange(37) < 16, 1.0, 16.0) if scale < 0 else torch.full((37,), scale)
+    hidden = (rows.unsqueeze(1) * torch.randn(37, 8, generator=gen)).requires_grad_()
+    table = (abs(scale) * torch.randn(50, 8, generator=gen)).requires_grad_()
     return hidden, table, torch.randint(0, 50, (37,), generator=gen)
 
 
 # The test that the loss equals F.cross_entropy within 1e-6 in float32, on both shift paths: small
 # logits take the bound shift folded into the matmul; large ones (the bound far above the
-# target's logit) the per-chunk max
-@pytest.mark.parametrize("scale", [1.0, 8.0])
+# target's logit) the per-chunk max; -1 mixes both, chunk by chunk
+@pytest.mark.parametrize("scale", [1.0, 8.0, -1.0])
 def test_chunked_softmax_loss_equals_cross_entropy_in_float32(scale: float) -> None:
     hidden, table, targets = _case(scale)
-    ref = F.cross_entropy(hidden @ table.T, targets)
+    logits = hidden @ table.T
+    bound_is_safe = (hidden.norm(dim=1) * table.norm(dim=1).max() - logits[torch.arange(37), targets]) < SAFE_SHIFT_GAP
+    assert {1.0: bound_is_safe.all(), 8.0: not bound_is_safe.any(), -1.0: bound_is_safe[:16].all() and not bound_is_safe[16:].any()}[scale]
+    ref = F.cross_entropy(logits, targets)
     ref_grads = torch.autograd.grad(ref, (hidden, table))
     for chunk in (8, 37, 0):
         loss = chunked_softmax_loss(hidden, table, targets, chunk, torch.float32)
