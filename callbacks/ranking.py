@@ -18,12 +18,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
+from callbacks.intervals import paired_figures
 from datamodules.batch import SeqBatch
 from datamodules.constants import PAD_ID
+
+PAIRED_K = 10  # the paired full-ranking comparison at test is of per-user NDCG@10
 
 
 def check_finite(scores: Tensor, what: str) -> None:
@@ -294,12 +298,17 @@ class RankingMetricsCallback(L.Callback):
     ``test/<name>/hit@1`` ... and ``test/<name>``. Names also listed in ``val_full_ranking_sets`` /
     ``test_full_ranking_sets`` may return ``{"full_scores/<name>": [B, N+1]}``, logged as
     ``test/<name>/full/ndcg@10`` ...
+
+    At test on single-target data, such sets also give paired 95% bootstrap intervals of per-user
+    NDCG@10 (:func:`callbacks.intervals.paired_figures`): ``test[/<name>]/full/ndcg@10_ci95_low|high``,
+    ``test/diff/<name>/full/ndcg@10`` (main - name) and ``test/ratio/<name>/full/ndcg@10`` (main / name).
     """
 
     def __init__(self, ks: Sequence[int] = (1, 5, 10), full_ks: Sequence[int] = (5, 10, 20)) -> None:
         self.ks, self.full_ks = tuple(ks), tuple(full_ks)
         self.metrics: dict[str, MetricCollection] = {}
         self.rates: dict[str, Rate] = {}
+        self.paired: dict[str, list[Tensor]] = {}  # test full-ranking ranks per scorer ("" = the module's own)
 
     def _start(self, split: str, trainer: L.Trainer, pl_module: L.LightningModule, full: bool) -> None:
         # Created on every rank at epoch start, even one without batches, so that the collective
@@ -320,6 +329,10 @@ class RankingMetricsCallback(L.Callback):
                 self.metrics[f"{split}/{name}/full"] = collection.to(pl_module.device)
         rates = getattr(pl_module, f"{split}_rate_names", ())
         self.rates = {f"{split}/{name}": Rate().to(pl_module.device) for name in rates}
+        full_sets = getattr(pl_module, f"{split}_full_ranking_sets", ())
+        self.paired = {}
+        if split == "test" and full and full_sets and not multi_target:
+            self.paired = {"": [], **{name: [] for name in full_sets}}
 
     def _update(self, split: str, pl_module: L.LightningModule, outputs: Any, batch: SeqBatch) -> None:
         if not isinstance(outputs, dict):
@@ -327,11 +340,11 @@ class RankingMetricsCallback(L.Callback):
         if "scores" in outputs:
             self.metrics[split].update(sampled_ranks(outputs["scores"]))
         if "full_scores" in outputs:
-            self._update_full(self.metrics[f"{split}/full"], outputs["full_scores"], batch)
+            self._keep("", self._update_full(self.metrics[f"{split}/full"], outputs["full_scores"], batch))
         for key, value in outputs.items():
             kind, _, name = key.partition("/")
             if kind == "full_scores" and name:
-                self._update_full(self.metrics[f"{split}/{name}/full"], value, batch)
+                self._keep(name, self._update_full(self.metrics[f"{split}/{name}/full"], value, batch))
             elif kind == "scores" and name:
                 mask = outputs.get(f"mask/{name}")
                 ranks = sampled_ranks(value)
@@ -339,12 +352,32 @@ class RankingMetricsCallback(L.Callback):
             elif kind == "rate":
                 self.rates[f"{split}/{name}"].update(value)
 
-    def _update_full(self, collection: MetricCollection, scores: Tensor, batch: SeqBatch) -> None:
+    def _update_full(self, collection: MetricCollection, scores: Tensor, batch: SeqBatch) -> Tensor | None:
+        """Updates ``collection``; returns the targets' full ranks (``None`` for multi-target data)."""
         if batch.targets is not None:
             positions = multi_target_positions(scores, batch.targets, batch.history, max(self.full_ks))
             collection.update(positions, (batch.targets != PAD_ID).sum(1))
-        else:
-            collection.update(full_ranks(scores, batch.candidates[:, 0], batch.history))
+            return None
+        ranks = full_ranks(scores, batch.candidates[:, 0], batch.history)
+        collection.update(ranks)
+        return ranks
+
+    def _keep(self, name: str, ranks: Tensor | None) -> None:
+        if name in self.paired and ranks is not None:
+            self.paired[name].append(ranks.detach().cpu())
+
+    def _log_paired(self, pl_module: L.LightningModule) -> None:
+        """The paired test comparison of the module's full ranking with each full-ranking set: per-user
+        NDCG@10, gathered from every rank, with shared bootstrap resamples (see the class docstring)."""
+        ranks = {name: _gather_rows(torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long))
+                 for name, parts in self.paired.items()}
+        self.paired = {}
+        if not len(ranks[""]) or any(len(r) != len(ranks[""]) for r in ranks.values()):
+            return  # nothing to pair (the scorers must have scored the same users)
+        ndcg = {name: np.where(r < PAIRED_K, 1.0 / np.log2(r + 2.0), 0.0) for name, r in ranks.items()}
+        figures = paired_figures(ndcg, "", f"full/ndcg@{PAIRED_K}")
+        for key, value in figures.items():
+            pl_module.log(key, value)
 
     def _log(self, split: str, pl_module: L.LightningModule) -> None:
         for name in list(self.metrics):
@@ -356,6 +389,8 @@ class RankingMetricsCallback(L.Callback):
         for name, rate in self.rates.items():
             pl_module.log(name, rate.compute().float())
         self.rates = {}
+        if self.paired:
+            self._log_paired(pl_module)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start("val", trainer, pl_module, full=getattr(pl_module, "full_ranking_val", False))
@@ -374,3 +409,12 @@ class RankingMetricsCallback(L.Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log("test", pl_module)
+
+
+def _gather_rows(values: Tensor) -> np.ndarray:
+    """``values [n_r]`` of every DDP rank, concatenated in rank order (each rank's own order kept)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return values.numpy()
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, values.numpy())
+    return np.concatenate(gathered)

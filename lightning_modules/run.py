@@ -38,7 +38,7 @@ SUMMARY_KEYS = (
     "test/hit@1", "test/ndcg@10", "test/full/hit@10", "test/full/ndcg@10", "test/full/recall@20",
     "test/generate/hit@1", "test/llm_only/hit@1", "test/backbone/full/ndcg@10", "test/interpretability/acc@1",
     "test/interpretability_random/acc@1", "test/interpretability_heldout/acc@1", "test/interpretability_probe_heldout/acc@1",
-    "test/judge_heldout/acc@1", "test/judge_random/acc@1", "test/control/full/ndcg@10",
+    "test/judge_heldout/acc@1", "test/judge_random/acc@1", "test/control/full/ndcg@10", "test/ratio/control/full/ndcg@10",
 )
 # What a user can fix from the message alone: a traceback would only hide it.
 USER_ERRORS = (DataFormatError, DownloadError, RunDirError, StageArtifactError)

@@ -159,6 +159,13 @@ def test_face_stage_writes_descriptors_and_metrics(pretrained, tiny_word_llm_dir
     assert metrics["num_judge_heldout_users"] == min(500, metrics["num_interpretability_heldout_users"])
     for key in ("test/control/full/ndcg@10", "test/control/hit@1", "best_val/interpretability/acc@1"):
         assert 0 <= metrics[key] <= 1, key
+    # full-ranking NDCG@10 against the backbone and the control, paired over the same test users
+    for name in ("backbone", "control"):
+        diff, ratio = f"test/diff/{name}/full/ndcg@10", f"test/ratio/{name}/full/ndcg@10"
+        assert metrics[diff] == pytest.approx(metrics["test/full/ndcg@10"] - metrics[f"test/{name}/full/ndcg@10"], abs=1e-6)
+        assert metrics[ratio] == pytest.approx(metrics["test/full/ndcg@10"] / metrics[f"test/{name}/full/ndcg@10"], rel=1e-5)
+        for key in (diff, ratio, f"test/{name}/full/ndcg@10", "test/full/ndcg@10"):
+            assert metrics[f"{key}_ci95_low"] <= metrics[key] <= metrics[f"{key}_ci95_high"], key
     # random words sit at chance, 1 in 10 candidates (4 standard errors)
     n, p = metrics["num_interpretability_users"], 0.1
     assert abs(metrics["test/interpretability_random/acc@1"] - p) < 4 * (p * (1 - p) / n) ** 0.5

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from aligners.llm_projector import LLMProjector
-from callbacks.intervals import hit_intervals
+from callbacks.intervals import hit_intervals, paired_figures
 from lightning_modules.align_stage2 import build_align_stage2
 from lightning_modules.config import compose
 from lightning_modules.run import run
@@ -48,6 +48,24 @@ def test_hit_intervals_are_paired_over_the_same_users():
     assert out["test/diff/worse/hit@1_ci95_low"] > 0  # paired: far narrower than two separate intervals
     with pytest.raises(ValueError, match="same users"):
         hit_intervals({"main": main, "short": main[:10]}, "main", ("short",))
+
+
+def test_paired_figures_of_real_values_share_their_resamples():
+    rng = np.random.default_rng(0)
+    main = np.where(rng.random(3000) < 0.1, 1.0 / np.log2(rng.integers(0, 10, 3000) + 2.0), 0.0)  # NDCG@10-like
+    half = main * 0.5
+    noisy = np.where(rng.random(3000) < 0.5, main, 0.0)
+    out = paired_figures({"main": main, "same": main.copy(), "half": half, "noisy": noisy}, "main", "full/ndcg@10")
+    assert out["test/full/ndcg@10_ci95_low"] < main.mean() < out["test/full/ndcg@10_ci95_high"]
+    assert out["test/diff/same/full/ndcg@10"] == out["test/diff/same/full/ndcg@10_ci95_low"] == 0 == out["test/diff/same/full/ndcg@10_ci95_high"]
+    assert out["test/ratio/same/full/ndcg@10_ci95_low"] == out["test/ratio/same/full/ndcg@10_ci95_high"] == 1
+    # every resample keeps half's rows paired with main's, so the ratio is exactly 2 in each of them
+    assert out["test/ratio/half/full/ndcg@10_ci95_low"] == pytest.approx(2) == out["test/ratio/half/full/ndcg@10_ci95_high"]
+    assert out["test/diff/noisy/full/ndcg@10"] == pytest.approx(main.mean() - noisy.mean())
+    assert out["test/diff/noisy/full/ndcg@10_ci95_low"] > 0
+    assert out["test/ratio/noisy/full/ndcg@10_ci95_low"] < out["test/ratio/noisy/full/ndcg@10"] < out["test/ratio/noisy/full/ndcg@10_ci95_high"]
+    with pytest.raises(ValueError, match="one length"):
+        paired_figures({"main": main, "short": main[:10]}, "main", "full/ndcg@10")
 
 
 def test_projector_token_scale_and_standardised_inputs_are_saved():
