@@ -136,7 +136,7 @@ def test_face_loss_decreases_on_synthetic_data(pretrained, tiny_word_llm_dir, ti
     assert sum(losses[-5:]) / 5 < 0.85 * sum(losses[:5]) / 5, losses[::10]
 
 
-def test_face_stage_writes_descriptors_and_metrics(pretrained, tiny_word_llm_dir, tiny_sentence_encoder_dir):
+def test_face_stage_writes_descriptors_and_metrics(pretrained, tiny_word_llm_dir, tiny_sentence_encoder_dir, capsys):
     from lightning_modules.run import main
 
     assert main(_face_stage(pretrained, tiny_word_llm_dir, tiny_sentence_encoder_dir, "stage.map_epochs=1")) == 0
@@ -166,6 +166,14 @@ def test_face_stage_writes_descriptors_and_metrics(pretrained, tiny_word_llm_dir
         assert metrics[ratio] == pytest.approx(metrics["test/full/ndcg@10"] / metrics[f"test/{name}/full/ndcg@10"], rel=1e-5)
         for key in (diff, ratio, f"test/{name}/full/ndcg@10", "test/full/ndcg@10"):
             assert metrics[f"{key}_ci95_low"] <= metrics[key] <= metrics[f"{key}_ci95_high"], key
+    # the hub-word read-outs re-read the tested mapper: its own read-out gives the validation figure that chose it
+    from benchmarks.face_readout import main as readout
+
+    readout([str(run_dir)])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["readout"] for r in rows][:2] == ["nearest", "csls"] and len(rows) == 6
+    assert rows[0]["val/interpretability/acc@1"] == pytest.approx(metrics["best_val/interpretability/acc@1"])
+    assert rows[0]["top_word_item_share"] == pytest.approx(metrics["test/descriptors/top_word_item_share"])
     # random words sit at chance, 1 in 10 candidates (4 standard errors)
     n, p = metrics["num_interpretability_users"], 0.1
     assert abs(metrics["test/interpretability_random/acc@1"] - p) < 4 * (p * (1 - p) / n) ** 0.5
