@@ -12,32 +12,20 @@ import numpy as np
 LEVEL = 0.95
 
 
-def _draws(n: int, resamples: int, seed: int) -> np.ndarray:
-    """``[resamples, n]`` user indices drawn with replacement (seeded, shared by every scorer)."""
-    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-
-
-def _interval(values: np.ndarray, draws: np.ndarray) -> tuple[float, float]:
-    means = values[draws].mean(axis=1)
-    low, high = np.quantile(means, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    return float(low), float(high)
-
-
 def mean_intervals(
     values: dict[str, np.ndarray], resamples: int = 2000, seed: int = 0
 ) -> dict[str, tuple[float, float]]:
     """95% percentile-bootstrap interval of the mean of each 0/1 (or real) array in ``values``.
-    Arrays of one length share their resamples, so those of the same rows stay paired."""
-    out: dict[str, tuple[float, float]] = {}
-    draws: dict[int, np.ndarray] = {}
+    Arrays of one length share their resamples (:func:`bootstrap_means`), so those of the same rows
+    stay paired."""
+    groups: dict[int, dict[str, np.ndarray]] = {}
     for name, v in values.items():
-        v = np.asarray(v, dtype=float)
-        if len(v) == 0:
-            continue
-        if len(v) not in draws:
-            draws[len(v)] = _draws(len(v), resamples, seed)
-        out[name] = _interval(v, draws[len(v)])
-    return out
+        if len(v):
+            groups.setdefault(len(v), {})[name] = v
+    out: dict[str, tuple[float, float]] = {}
+    for group in groups.values():
+        out.update({name: quantile_interval(means) for name, means in bootstrap_means(group, resamples, seed).items()})
+    return {name: out[name] for name in values if name in out}
 
 
 def hit_intervals(
