@@ -51,18 +51,7 @@ def hit_intervals(
         )
     if n == 0:
         return {}
-    base = np.asarray(hits[main], dtype=float)
-    diffs = {name: base - np.asarray(hits[name], dtype=float) for name in compare}
-    intervals = mean_intervals({**hits, **{f"diff/{name}": d for name, d in diffs.items()}}, resamples, seed)
-    out: dict[str, float] = {}
-    for name in hits:
-        key = f"{prefix}{'' if name == main else name + '/'}{metric}"
-        out[f"{key}_ci95_low"], out[f"{key}_ci95_high"] = intervals[name]
-    for name, diff in diffs.items():
-        key = f"{prefix}diff/{name}/{metric}"
-        out[key] = float(diff.mean())
-        out[f"{key}_ci95_low"], out[f"{key}_ci95_high"] = intervals[f"diff/{name}"]
-    return out
+    return paired_figures(hits, main, metric, prefix, resamples, seed, compare=compare, ratios=False)
 
 
 def bootstrap_means(values: dict[str, np.ndarray], resamples: int = 2000, seed: int = 0, chunk: int = 100) -> dict[str, np.ndarray]:
@@ -89,26 +78,28 @@ def quantile_interval(samples: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def paired_figures(values: dict[str, np.ndarray], main: str, metric: str, prefix: str = "test/",
-                   resamples: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Intervals of per-row real values (a per-user NDCG) of several scorers on the same rows, from
-    shared resamples (:func:`bootstrap_means`): ``<prefix>[<name>/]<metric>_ci95_low|high`` for every
-    name (``main`` without its name) and, for every other name, ``<prefix>diff/<name>/<metric>``
-    (mean of ``main`` - mean of ``name``) and ``<prefix>ratio/<name>/<metric>`` (their quotient,
-    left out when ``name``'s mean can be 0), each with its interval."""
+def paired_figures(values: dict[str, np.ndarray], main: str, metric: str, prefix: str = "test/", resamples: int = 2000,
+                   seed: int = 0, compare: tuple[str, ...] | None = None, ratios: bool = True) -> dict[str, float]:
+    """Intervals of per-row values (0/1 hits, a per-user NDCG) of several scorers on the same rows,
+    from shared resamples (:func:`bootstrap_means`): ``<prefix>[<name>/]<metric>_ci95_low|high`` for
+    every name (``main`` without its name) and, for each name in ``compare`` (default: every other
+    one), ``<prefix>diff/<name>/<metric>`` (mean of ``main`` - mean of ``name``) and, with
+    ``ratios``, ``<prefix>ratio/<name>/<metric>`` (their quotient, left out when ``name``'s mean
+    can be 0), each with its interval."""
     means = bootstrap_means(values, resamples, seed)
     base = float(np.mean(values[main]))
+    compare = tuple(name for name in values if name != main) if compare is None else compare
     out: dict[str, float] = {}
     for name, samples in means.items():
         key = f"{prefix}{'' if name == main else name + '/'}{metric}"
         out[f"{key}_ci95_low"], out[f"{key}_ci95_high"] = quantile_interval(samples)
-        if name == main:
+        if name not in compare:
             continue
         other = float(np.mean(values[name]))
         key = f"{prefix}diff/{name}/{metric}"
         out[key] = base - other
         out[f"{key}_ci95_low"], out[f"{key}_ci95_high"] = quantile_interval(means[main] - samples)
-        if other > 0 and (samples > 0).all():
+        if ratios and other > 0 and (samples > 0).all():
             key = f"{prefix}ratio/{name}/{metric}"
             out[key] = base / other
             out[f"{key}_ci95_low"], out[f"{key}_ci95_high"] = quantile_interval(means[main] / samples)
