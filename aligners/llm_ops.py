@@ -74,6 +74,8 @@ def continuation_logprobs(
     continuations: list[list[list[int]]],
     pad_id: int,
     copy_cache: bool = True,
+    vectors: Tensor | None = None,
+    placeholder: int = -1,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-token log-probabilities of each continuation given its prompt.
 
@@ -86,8 +88,13 @@ def continuation_logprobs(
     ``choice`` objective). ``copy_cache=False`` lets the cache grow in place (training: it is not
     reused; a cache that holds gradients cannot be deep-copied).
 
+    ``vectors [B, C, H]``: continuation c of prompt b may hold the token ``placeholder`` (a
+    ``{emb}`` in the answer template, :class:`aligners.prompt.PromptBuilder`); that position's input
+    is ``vectors[b, c]`` instead of a token embedding, and it is not scored itself.
+
     Returns ``(token_logp [B, T], segment [B, T], offset [B, T])``: ``segment`` is the continuation
-    index of each token (-1 = padding), ``offset`` its position inside the continuation.
+    index of each scored token (-1 = padding or a placeholder), ``offset`` its place among the
+    continuation's scored tokens.
     """
     device = mask.device
     flat = [[tok for seq in row for tok in seq] for row in continuations]
@@ -102,24 +109,38 @@ def continuation_logprobs(
     prompt_part = mask.bool().unsqueeze(1).expand(-1, ids.shape[1], -1)
     attn = torch.cat([prompt_part, same], dim=2).unsqueeze(1)  # [B, 1, T, P + T]
     positions = mask.sum(-1, keepdim=True) + off
+    spliced = ids == placeholder
+    embeds = llm.get_input_embeddings()(ids.masked_fill(spliced, pad_id))
+    if bool(spliced.any()):
+        if vectors is None:
+            raise ValueError("continuations hold an embedding placeholder but no vectors were given")
+        per_token = vectors[torch.arange(len(ids), device=device).unsqueeze(1), seg.clamp(min=0)]  # [B, T, H]
+        embeds = torch.where(spliced.unsqueeze(-1), per_token.to(embeds.dtype), embeds)
     hidden = llm.base_model(
-        inputs_embeds=llm.get_input_embeddings()(ids),
+        inputs_embeds=embeds,
         attention_mask=attn,
         position_ids=positions,
         past_key_values=copy.deepcopy(cache) if copy_cache else cache,
         use_cache=True,
     ).last_hidden_state
     first = next_logits.log_softmax(-1)
+    safe = ids.masked_fill(spliced, pad_id)
     rows = []
     for row in range(len(continuations)):  # one prompt at a time bounds the [T, V] log-softmax
         n = int(cmask[row].sum())
         logp = _head(llm, hidden[row, : n - 1]).float().log_softmax(-1)  # predicts tokens 1..n-1
-        tokens = ids[row, :n]
+        tokens = safe[row, :n]
         inner = logp.gather(1, tokens[1:].unsqueeze(1)).squeeze(1)
         # a continuation's first token is predicted by the prompt's last position
         token_logp = torch.where(off[row, :n] == 0, first[row, tokens], torch.cat([inner.new_zeros(1), inner]))
         rows.append(F.pad(token_logp, (0, ids.shape[1] - n)))
-    return torch.stack(rows), seg, off
+    token_logp = torch.stack(rows)
+    if bool(spliced.any()):  # placeholders are inputs, not scored tokens: later offsets count scored tokens only
+        token_logp = token_logp.masked_fill(spliced, 0.0)
+        same_segment_before = (seg.unsqueeze(2) == seg.unsqueeze(1)) & (off.unsqueeze(1) < off.unsqueeze(2))
+        off = off - (same_segment_before & spliced.unsqueeze(1)).sum(-1)
+        seg = seg.masked_fill(spliced, -1)
+    return token_logp, seg, off
 
 
 def reduce_continuations(
@@ -146,16 +167,25 @@ def reduce_continuations(
     return scores / counts.clamp(min=1)
 
 
+def first_tokens(seq: list[int], k: int, placeholder: int = -1) -> list[int]:
+    """The head of ``seq`` that holds its first ``k`` scored tokens (placeholders are not scored)."""
+    taken = scored = 0
+    while taken < len(seq) and scored < k:
+        scored += seq[taken] != placeholder
+        taken += 1
+    return seq[:taken]
+
+
 def score_continuations(
     llm: nn.Module, cache: object, mask: Tensor, next_logits: Tensor, continuations: list[list[list[int]]], pad_id: int,
-    reduction: str = "mean", k: int = 0,
+    reduction: str = "mean", k: int = 0, vectors: Tensor | None = None, placeholder: int = -1,
 ) -> Tensor:
     """Score ``[B, C]`` of each continuation given its prompt (:func:`continuation_logprobs` then
     :func:`reduce_continuations`); ``first_k`` runs only each continuation's first ``k`` tokens.
-    The cache is not modified."""
+    The cache is not modified. ``vectors``/``placeholder``: as :func:`continuation_logprobs`."""
     if reduction == "first_k":
-        continuations = [[seq[:k] for seq in row] for row in continuations]
-    token_logp, seg, off = continuation_logprobs(llm, cache, mask, next_logits, continuations, pad_id)
+        continuations = [[first_tokens(seq, k, placeholder) for seq in row] for row in continuations]
+    token_logp, seg, off = continuation_logprobs(llm, cache, mask, next_logits, continuations, pad_id, True, vectors, placeholder)
     return reduce_continuations(token_logp, seg, off, max(len(row) for row in continuations), reduction, k)
 
 
@@ -169,6 +199,8 @@ def choice_loss(
     reduction: str = "mean",
     k: int = 0,
     generate_weight: float = 0.0,
+    vectors: Tensor | None = None,
+    placeholder: int = -1,
 ) -> tuple[Tensor, int]:
     """Softmax cross-entropy over each prompt's candidate answers, scored as score mode ranks them.
 
@@ -177,14 +209,15 @@ def choice_loss(
     with gradients, so the loss reaches whatever made ``embeds``. ``first_k`` runs only each
     answer's first ``k`` tokens. ``generate_weight > 0`` (the ``both`` objective) adds that weight
     times the paper's generation loss, the mean negative log-probability of the target's whole
-    answer. Returns ``(loss, tokens run)``.
+    answer. ``vectors``/``placeholder``: as :func:`continuation_logprobs`. Returns ``(loss, tokens run)``.
     """
     next_logits, cache = prompt_forward(llm, embeds, mask)
     if reduction == "first_k":  # the target's whole answer still runs when its generation term is wanted
         answers = [
-            [a if generate_weight and c == t else a[:k] for c, a in enumerate(row)] for row, t in zip(answers, target.tolist())
+            [a if generate_weight and c == t else first_tokens(a, k, placeholder) for c, a in enumerate(row)]
+            for row, t in zip(answers, target.tolist())
         ]
-    token_logp, seg, off = continuation_logprobs(llm, cache, mask, next_logits, answers, pad_id, copy_cache=False)
+    token_logp, seg, off = continuation_logprobs(llm, cache, mask, next_logits, answers, pad_id, False, vectors, placeholder)
     scores = reduce_continuations(token_logp, seg, off, len(answers[0]), reduction, k)
     loss = F.cross_entropy(scores, target)
     if generate_weight:

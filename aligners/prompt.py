@@ -42,7 +42,7 @@ class PromptConfig:
     )  # (str) needs {history} and {candidates}
     item: str = '"{title}"{emb}'  # (str) one item in a list; {emb} is where its embedding goes (official: after the title)
     separator: str = ","  # (str) between items of a list
-    answer: str = ' "{title}"'  # (str) the target after the prompt; the tokenizer's eos token follows
+    answer: str = ' "{title}"'  # (str) the target after the prompt; the tokenizer's eos token follows; an {emb} in it takes the candidate's vector in score mode and the choice objective
     num_history: int = 10  # (int) most recent history items shown
     max_title_tokens: int = 32  # (int) titles are cut to this many LLM tokens (0 = never)
 
@@ -117,8 +117,16 @@ class PromptBuilder:
         texts = [self.text(h, c, with_embeddings) for h, c in zip(history, candidates)]
         return self.tokenizer(texts).input_ids
 
-    def answers(self, items: list[int]) -> list[list[int]]:
-        texts = [self.cfg.answer.format(title=self.titles[i]) for i in items]
+    @property
+    def answer_has_embedding(self) -> bool:
+        return "{emb}" in self.cfg.answer
+
+    def answers(self, items: list[int], with_embeddings: bool = False) -> list[list[int]]:
+        """Answer ids (plus eos) of ``items``; an ``{emb}`` in ``prompt.answer`` becomes the candidate
+        placeholder with ``with_embeddings`` (score mode, the choice objective) and nothing otherwise
+        (generation: the LLM names the item from the prompt alone)."""
+        emb = CANDIDATE_TOKEN if with_embeddings else ""
+        texts = [self.cfg.answer.format(title=self.titles[i], emb=emb) for i in items]
         return [ids + [self.eos_id] for ids in self.tokenizer(texts, add_special_tokens=False).input_ids]
 
     def quote_counts(self, vocab_size: int) -> list[int]:

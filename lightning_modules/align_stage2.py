@@ -105,6 +105,7 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
         self.register_buffer("paper_warm_items", paper_warm, persistent=False)
         ids = [prompts.placeholder_ids[t] for t in (USER_TOKEN, HISTORY_TOKEN, CANDIDATE_TOKEN)]
         self.register_buffer("placeholder_ids", torch.tensor(ids), persistent=False)
+        self.candidate_token = ids[2]  # also an answer's {emb} (prompt.answer)
         vocab = llm.get_output_embeddings().weight.shape[0]
         self.register_buffer("quote_counts", torch.tensor(prompts.quote_counts(vocab)), persistent=False)
         self.pad_id = prompts.eos_id
@@ -194,10 +195,21 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
     ) -> tuple[Tensor, int]:
         """The ``choice`` / ``both`` objectives (:func:`choice_loss`) on the prompts with their vectors."""
         embeds, mask = self._embed(prompts, True, user, history, candidates, self.item_latents)
-        answers = [self.prompts.answers(row) for row in candidates.tolist()]
+        answers, vectors = self._answers(candidates, True, candidates, self.item_latents)
         s = self.cfg
         weight = s.generate_weight if s.objective == "both" else 0.0
-        return choice_loss(self.llm, embeds, mask, answers, target, self.pad_id, s.score_reduction, s.score_first_k, weight)
+        return choice_loss(
+            self.llm, embeds, mask, answers, target, self.pad_id, s.score_reduction, s.score_first_k, weight,
+            vectors, self.candidate_token,
+        )
+
+    def _answers(self, ordered: Tensor, with_emb: bool, vectors: Tensor, table: Tensor) -> tuple[list[list[list[int]]], Tensor | None]:
+        """Each candidate's answer ids ``[B][C]`` and, when ``prompt.answer`` has an ``{emb}``, the projected
+        vectors ``[B, C, H]`` that fill it (of ``vectors``' items from ``table``: the shuffled control's
+        permuted ones, or the text path's)."""
+        with_emb = with_emb and self.prompts.answer_has_embedding
+        answers = [self.prompts.answers(row, with_emb) for row in ordered.tolist()]
+        return answers, (self.projector.project_items(table[vectors]) if with_emb else None)
 
     # ----- evaluation --------------------------------------------------------------------------
 
@@ -218,9 +230,10 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
         next_logits, cache = prompt_forward(self.llm, embeds, mask)
         scores = answers = None
         if score:
-            continuations = [self.prompts.answers(row) for row in ordered.tolist()]
+            continuations, answer_vectors = self._answers(ordered, with_emb, vectors, table)
             scores = score_continuations(
-                self.llm, cache, mask, next_logits, continuations, self.pad_id, self.cfg.score_reduction, self.cfg.score_first_k
+                self.llm, cache, mask, next_logits, continuations, self.pad_id, self.cfg.score_reduction, self.cfg.score_first_k,
+                answer_vectors, self.candidate_token,
             )
         if generate:
             new = greedy_generate(

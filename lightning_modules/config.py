@@ -55,6 +55,7 @@ class TrainerConfig:
     precision: str = "32-true"  # (str) 32-true | bf16-mixed | 16-mixed
     deterministic: bool = False
     max_time: str = ""  # (str) DD:HH:MM:SS wall-clock cap on fit; "" = none
+    # (float) share of each epoch's batches (<= 1.0), or a count of batches (> 1, e.g. 250: Lightning's int)
     limit_train_batches: float = 1.0
     limit_val_batches: float = 1.0
     limit_test_batches: float = 1.0
@@ -66,6 +67,10 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.strategy == "ddp_spawn":
             raise ValueError("trainer.strategy=ddp_spawn shares metric states between CPU ranks; use trainer.strategy=ddp")
+        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+            value = getattr(self, key)
+            if value < 0 or (value > 1 and value != int(value)):
+                raise ValueError(f"trainer.{key} must be a share in [0, 1] or a whole number of batches, got {value}")
 
 
 @dataclass

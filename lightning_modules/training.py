@@ -75,6 +75,11 @@ class CheckpointFrom(ModelCheckpoint):
             super()._save_topk_checkpoint(trainer, monitor_candidates)
 
 
+def batch_limit(value: float) -> float | int:
+    """A ``trainer.limit_*_batches`` value as Lightning reads it: a share (<= 1.0) or a count (> 1)."""
+    return int(value) if value > 1 else value
+
+
 def build_trainer(
     cfg: Any, run_dir: Path, callbacks: list[L.Callback], max_epochs: int, validate: bool = True
 ) -> L.Trainer:
@@ -99,9 +104,9 @@ def build_trainer(
         deterministic=t.deterministic,
         max_epochs=max_epochs,
         max_time=t.max_time or None,
-        limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches if validate else 0,
-        limit_test_batches=t.limit_test_batches,
+        limit_train_batches=batch_limit(t.limit_train_batches),
+        limit_val_batches=batch_limit(t.limit_val_batches) if validate else 0,
+        limit_test_batches=batch_limit(t.limit_test_batches),
         gradient_clip_val=t.gradient_clip_val or None,
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.enable_progress_bar,

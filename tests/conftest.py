@@ -49,10 +49,12 @@ def tiny_datamodule(tmp_path: Path):
     return dm
 
 
-def make_tiny_llm(folder: Path, arch: str = "llama") -> Path:
+def make_tiny_llm(folder: Path, arch: str = "llama", init_std: float = 0.02) -> Path:
     """A 2-layer random causal LM with a byte-level tokenizer, saved to ``folder``; no download.
 
     Byte-level BPE without merges: every UTF-8 byte is a token, so any text round-trips.
+    ``init_std``: the weights' initialisation (Llama only). At the usual 0.02 attention and MLPs add
+    almost nothing to the residual stream, so no position reads another; 0.3 makes them mix.
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -69,7 +71,7 @@ def make_tiny_llm(folder: Path, arch: str = "llama") -> Path:
     if arch == "llama":
         config = LlamaConfig(
             vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True,
+            num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True, initializer_range=init_std,
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         )
         model = LlamaForCausalLM(config)
@@ -88,6 +90,12 @@ def make_tiny_llm(folder: Path, arch: str = "llama") -> Path:
 @pytest.fixture(scope="session")
 def tiny_llm_dir(tmp_path_factory) -> Path:
     return make_tiny_llm(tmp_path_factory.mktemp("tiny_llm"))
+
+
+@pytest.fixture(scope="session")
+def mixing_llm_dir(tmp_path_factory) -> Path:
+    """The tiny LLM initialised at std 0.3, so that its attention carries one position's vector to another."""
+    return make_tiny_llm(tmp_path_factory.mktemp("mixing_llm"), init_std=0.3)
 
 
 def llm_args(tmp_path: Path, llm_dir: Path, *extra: str) -> list[str]:

@@ -121,6 +121,50 @@ def test_score_continuations_matches_full_forward(tiny_lm):
         score_continuations(model, cache, mask, next_logits, conts, 0, reduction="max")
 
 
+def test_answer_vectors_are_inputs_not_scored_tokens(tiny_lm):
+    """An answer's placeholder takes its candidate's vector as input and is not scored: each candidate
+    scores as a plain forward pass over prompt + vector + answer tokens, and first_k counts answer tokens."""
+    model, _ = tiny_lm
+    torch.manual_seed(0)
+    slot = 10_000  # a placeholder id outside the vocabulary
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
+    conts = [[[slot, 20, 21, 22], [slot, 23], [slot, 24, 25]], [[slot, 30], [slot, 31, 32, 33], [slot, 35, 36]]]
+    vectors = torch.randn(2, 3, model.config.hidden_size)
+    ids, mask = pad(prompts, 0, left=True)
+    embed = model.get_input_embeddings()
+
+    def naive(row: int, c: int, k: int) -> float:
+        tokens = conts[row][c][1:1 + k]
+        inputs = torch.cat([embed(torch.tensor(prompts[row])), vectors[row, c : c + 1], embed(torch.tensor(tokens))])
+        logp = model(inputs_embeds=inputs.unsqueeze(0)).logits[0].log_softmax(-1)
+        start = len(prompts[row])  # the vector's position predicts the first answer token
+        return sum(float(logp[start + j, t]) for j, t in enumerate(tokens)) / len(tokens)
+
+    with torch.no_grad():
+        next_logits, cache = prompt_forward(model, embed(ids), mask)
+        mean = score_continuations(model, cache, mask, next_logits, conts, 0, "mean", vectors=vectors, placeholder=slot)
+        first2 = score_continuations(model, cache, mask, next_logits, conts, 0, "first_k", 2, vectors=vectors, placeholder=slot)
+        expected = torch.tensor([[naive(r, c, 10) for c in range(3)] for r in range(2)])
+        expected2 = torch.tensor([[naive(r, c, 2) for c in range(3)] for r in range(2)])
+        moved = score_continuations(model, cache, mask, next_logits, conts, 0, "mean", vectors=vectors.flip(1), placeholder=slot)
+    torch.testing.assert_close(mean, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(first2, expected2, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(moved, mean)  # the vector is read: another candidate's vector changes the score
+    with pytest.raises(ValueError, match="no vectors"):
+        score_continuations(model, cache, mask, next_logits, conts, 0, "mean", placeholder=slot)
+
+
+def test_answer_template_with_an_embedding(tiny_lm):
+    _, tokenizer = tiny_lm
+    builder = PromptBuilder(tokenizer, PromptConfig(answer='{emb} "{title}"'), TITLES)
+    assert builder.answer_has_embedding
+    cand = builder.placeholder_ids[CANDIDATE_TOKEN]
+    scored = builder.answers([4], with_embeddings=True)[0]
+    assert scored[0] == cand and tokenizer.decode(scored[1:-1]) == ' "Soap"'
+    assert builder.answers([4])[0] == scored[1:]  # generation's target: the paper's answer, no vector
+    assert builder.answers([4])[0] == PromptBuilder(tokenizer, PromptConfig(), TITLES).answers([4])[0]
+
+
 def test_greedy_generate_matches_stepwise_argmax(tiny_lm):
     model, _ = tiny_lm
     prompts = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]

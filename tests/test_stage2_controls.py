@@ -144,3 +144,27 @@ def test_report_table_shows_the_controls_and_the_intervals():
     table = llm_table(metrics)
     assert "| A-LLMRec, score | 0.3000 |" in table and "[0.2600, 0.3400]" in table
     assert "candidate vectors shuffled, score | 0.1000" in table and "shuffled: +0.2000 [0.1500, 0.2500]" in table
+
+
+def test_stage2_learns_the_choice_from_the_cf_vectors_alone(tmp_path, mixing_llm_dir):
+    """Synthetic titles are a seeded random draw per item, so only the CF vectors tell the target. With each
+    candidate's vector in its answer (``prompt.answer='{emb} "{title}"'``), scored on its first token (the
+    same ``' '`` for every candidate), a tiny random LLM's stage 2 learns the choice: far above the shuffled
+    control (titles in place, vectors permuted among the user's candidates) on the same users, and above
+    the same LLM without vectors, which cannot tell the candidates apart here (all its scores tie, and
+    ties count against the target)."""
+    base = llm_args(tmp_path, mixing_llm_dir, "stage.max_epochs=10", "data.synthetic_users=200")
+    run(compose(base))
+    run(compose(base + ["stage=align_stage1", "stage.max_epochs=2"]))
+    stage2 = base + [
+        "stage=align_stage2", "stage.max_epochs=6", "stage.objective=choice", "stage.score_reduction=first_k",
+        "stage.score_first_k=1", "stage.lr=0.03", "stage.token_norm=true", "stage.standardize_inputs=true",
+        "stage.variants=[llm_only,shuffled]", "stage.generate_variants=[]", "stage.validate=false",
+        "prompt.answer='{emb} \"{title}\"'", "prompt.prefix='Shop.'", "prompt.max_title_tokens=4",
+    ]
+    m = run(compose(stage2))
+    chance = 1 / 5  # 1 + 4 candidates
+    assert m["test/hit@1"] > chance + 0.15, m["test/hit@1"]
+    for control in ("llm_only", "shuffled"):
+        assert m["test/hit@1"] > m[f"test/{control}/hit@1"] + 0.15, (control, m["test/hit@1"], m[f"test/{control}/hit@1"])
+        assert m[f"test/diff/{control}/hit@1_ci95_low"] > 0, control
