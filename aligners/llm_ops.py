@@ -110,8 +110,10 @@ def continuation_logprobs(
     attn = torch.cat([prompt_part, same], dim=2).unsqueeze(1)  # [B, 1, T, P + T]
     positions = mask.sum(-1, keepdim=True) + off
     spliced = ids == placeholder
-    embeds = llm.get_input_embeddings()(ids.masked_fill(spliced, pad_id))
-    if bool(spliced.any()):
+    has_vectors = bool(spliced.any())
+    safe = ids.masked_fill(spliced, pad_id) if has_vectors else ids
+    embeds = llm.get_input_embeddings()(safe)
+    if has_vectors:
         if vectors is None:
             raise ValueError("continuations hold an embedding placeholder but no vectors were given")
         per_token = vectors[torch.arange(len(ids), device=device).unsqueeze(1), seg.clamp(min=0)]  # [B, T, H]
@@ -124,7 +126,6 @@ def continuation_logprobs(
         use_cache=True,
     ).last_hidden_state
     first = next_logits.log_softmax(-1)
-    safe = ids.masked_fill(spliced, pad_id)
     rows = []
     for row in range(len(continuations)):  # one prompt at a time bounds the [T, V] log-softmax
         n = int(cmask[row].sum())
@@ -135,7 +136,7 @@ def continuation_logprobs(
         token_logp = torch.where(off[row, :n] == 0, first[row, tokens], torch.cat([inner.new_zeros(1), inner]))
         rows.append(F.pad(token_logp, (0, ids.shape[1] - n)))
     token_logp = torch.stack(rows)
-    if bool(spliced.any()):  # placeholders are inputs, not scored tokens: later offsets count scored tokens only
+    if has_vectors:  # placeholders are inputs, not scored tokens: later offsets count scored tokens only
         token_logp = token_logp.masked_fill(spliced, 0.0)
         same_segment_before = (seg.unsqueeze(2) == seg.unsqueeze(1)) & (off.unsqueeze(1) < off.unsqueeze(2))
         off = off - (same_segment_before & spliced.unsqueeze(1)).sum(-1)

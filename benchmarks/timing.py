@@ -22,10 +22,20 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def optimiser_and_schedule(module) -> tuple:
+    """The optimiser of ``module.configure_optimizers()`` and its per-step learning-rate schedule (None
+    without one), whether it returns an optimiser or Lightning's dict with ``lr_scheduler``."""
+    configured = module.configure_optimizers()
+    if not isinstance(configured, dict):
+        return configured, None
+    schedule = configured.get("lr_scheduler")
+    return configured["optimizer"], schedule["scheduler"] if isinstance(schedule, dict) else schedule
+
+
 def time_training(module, loader, steps: int, device, tokens: bool = False) -> dict:
     """Samples per second over ``steps`` optimiser steps after one warm-up step; with ``tokens``,
     also tokens per second from the module's ``last_tokens`` (stage 2)."""
-    optimizer = module.configure_optimizers()
+    optimizer, schedule = optimiser_and_schedule(module)
     module.to(device).train()
     module.log = lambda *args, **kwargs: None  # no trainer attached
     batches = iter(loader)
@@ -42,6 +52,8 @@ def time_training(module, loader, steps: int, device, tokens: bool = False) -> d
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if schedule is not None:
+            schedule.step()
         sync(device)
         if step:
             seconds += time.perf_counter() - start

@@ -123,6 +123,7 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
         )
         self.records: list[dict[str, Any]] = []
         self.epoch_tokens = 0  # this rank's training tokens in the current epoch
+        self.epoch_samples = 0  # and its training examples (trainer.limit_train_batches may cut an epoch short)
 
     full_ranking_val = False
     full_ranking_test = False
@@ -174,6 +175,7 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
             loss, tokens = self._choice_loss(prompts, user, history, candidates, target=(order == 0).long().argmax(1))
         self.last_tokens = tokens  # prompt + answer tokens of this step (benchmarks read it)
         self.epoch_tokens += self.last_tokens
+        self.epoch_samples += len(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         self.log("train/tokens", float(self.last_tokens), on_step=False, on_epoch=True, reduce_fx="sum", batch_size=len(batch))
         return loss
@@ -310,6 +312,7 @@ class LLMProjectionModule(FrozenParts, L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.epoch_tokens = 0
+        self.epoch_samples = 0
 
     def on_test_epoch_start(self) -> None:
         self.records = []
@@ -373,8 +376,8 @@ def run_align_stage2(cfg: Any) -> dict[str, Any]:
     metrics["num_train_users"] = len(datamodule.train_data)
     metrics["num_test_users"] = sum(1 for _ in open(cfg.run_dir / "predictions.jsonl")) if trainer.is_global_zero else None
     if metrics.get("seconds_per_epoch"):
-        metrics["train_samples_per_second"] = round(len(datamodule.train_data) / metrics["seconds_per_epoch"], 3)
-        # the last epoch's tokens over the mean epoch time: exact for the usual single or equal epochs
+        # the last epoch's examples and tokens over the mean epoch time: exact for the usual equal epochs
+        metrics["train_samples_per_second"] = round(module.epoch_samples * trainer.world_size / metrics["seconds_per_epoch"], 3)
         metrics["train_tokens_per_second"] = round(module.epoch_tokens * trainer.world_size / metrics["seconds_per_epoch"], 1)
     if trainer.is_global_zero:
         metrics.update(hit1_intervals(cfg.run_dir / "predictions.jsonl", s))

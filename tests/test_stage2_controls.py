@@ -168,3 +168,58 @@ def test_stage2_learns_the_choice_from_the_cf_vectors_alone(tmp_path, mixing_llm
     for control in ("llm_only", "shuffled"):
         assert m["test/hit@1"] > m[f"test/{control}/hit@1"] + 0.15, (control, m["test/hit@1"], m[f"test/{control}/hit@1"])
         assert m[f"test/diff/{control}/hit@1_ci95_low"] > 0, control
+
+
+def test_stage2_pilot_tunes_on_validation_users_only(stage1_runs, monkeypatch):
+    """benchmarks/stage2_pilot.py (how the quick profile was chosen) trains with the stage's own optimiser and
+    scores validation users' validation items; it never builds the test loader."""
+    import io
+
+    from benchmarks import stage2_pilot
+    from datamodules.datamodule import SeqDataModule
+
+    def no_test(self):
+        raise AssertionError("the pilot read test users")
+
+    monkeypatch.setattr(SeqDataModule, "test_dataloader", no_test)
+    out = io.StringIO()
+    records = stage2_pilot.pilot(
+        stage1_runs + ["stage.max_val_users=6", "stage.objective=choice", "stage.warmup_steps=2", "trainer.gradient_clip_val=1.0"],
+        steps=10, every=5, llm_only=True, out=out,
+    )
+    assert records[0]["validation_users"] == 6
+    evaluations = [r for r in records if "main" in r]
+    assert [r["step"] for r in evaluations] == [5, 10]
+    assert all(0 <= r[v] <= 1 for r in evaluations for v in ("main", "shuffled"))
+    assert records[1] == {"step": 0, "llm_only": records[1]["llm_only"]} and 0 <= records[1]["llm_only"] <= 1
+    assert [r["step"] for r in records if "train_loss" in r] == [10]
+    assert len(out.getvalue().splitlines()) == len(records)
+
+
+def test_a_batch_count_caps_every_epoch_and_the_throughput_counts_what_ran(stage1_runs):
+    """trainer.limit_train_batches above 1 is a number of batches per epoch (the quick profile's 200 steps over all
+    users); train_samples_per_second counts the examples that ran, not the pool they were drawn from."""
+    m = run(compose(stage1_runs + [
+        "stage=align_stage2", "run_name=batch_count", "stage.batch_size=2", "stage.max_train_users=0", "stage.max_epochs=2",
+        "trainer.limit_train_batches=3", "stage.validate=false", "stage.max_eval_users=2", "stage.variants=[]",
+        "stage.generate_variants=[]",
+    ]))
+    assert m["global_step"] == 6 and m["epochs"] == 2
+    assert m["num_train_users"] > 6  # the pool is larger than what the capped epochs drew
+    assert m["train_samples_per_second"] == pytest.approx(3 * 2 / m["seconds_per_epoch"], rel=0.05)
+
+
+def test_benchmarks_train_with_a_warm_up_schedule(stage1_runs):
+    """The quick profile's stage 2 has a warm-up (configure_optimizers returns Lightning's dict): the benchmark's
+    timed steps and the pilot take its optimiser and step its schedule."""
+    from benchmarks.timing import optimiser_and_schedule, time_training
+
+    datamodule, module = build_align_stage2(compose(stage1_runs + ["stage=align_stage2", "stage.warmup_steps=4", "stage.lr=0.01"]))
+    optimiser, schedule = optimiser_and_schedule(module)
+    assert isinstance(optimiser, torch.optim.Optimizer) and schedule is not None
+    figures = time_training(module, datamodule.train_dataloader(), 2, torch.device("cpu"), tokens=True)
+    assert figures["train_samples_per_second"] > 0 and figures["train_tokens_per_second"] > 0
+    assert optimiser.param_groups[0]["lr"] == pytest.approx(0.01 / 4)  # the warm-up's first step
+    module.cfg.warmup_steps = 0  # no warm-up: configure_optimizers returns the bare optimiser
+    optimiser, schedule = optimiser_and_schedule(module)
+    assert isinstance(optimiser, torch.optim.Optimizer) and schedule is None
