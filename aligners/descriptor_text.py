@@ -172,3 +172,26 @@ def word_usage_entropy(weights: Tensor, near: Tensor, vocab_size: int) -> Tensor
     usage = torch.zeros(vocab_size, dtype=weights.dtype, device=weights.device)
     usage = usage.scatter_add(0, near.flatten(), weights.flatten()) / (near.numel() // near.shape[-1])
     return -(usage * usage.clamp_min(1e-12).log()).sum() / math.log(vocab_size)
+
+
+def slot_info_nce(weights: Tensor, near: Tensor, indices: Tensor, word_text: Tensor, targets: Tensor,
+                  temperature: float, groups: Tensor | None = None) -> Tensor:
+    """InfoNCE of every word on its own: slot ``j`` of row ``i``, read as its word's text embedding,
+    should pick row ``i``'s text ``targets [N, d]`` among the rows' texts (of its own group).
+
+    A word that every entity has (a hub) is as near to every row's text and scores ``log N``, so
+    each slot must say something about its own entity; the bag-of-words InfoNCE of
+    :func:`relaxed_word_text` cannot see such a word, which is common to both sides of every logit.
+    Value: the chosen words ``indices [N, n]``; gradients through each slot's soft assignment
+    ``weights [N, n, M]`` over its nearest words ``near [N, n, M]`` (straight-through)."""
+    group_ids = torch.zeros(len(indices), dtype=torch.long, device=indices.device) if groups is None else groups
+    losses = []
+    for g in torch.unique(group_ids):
+        rows = (group_ids == g).nonzero().squeeze(1)
+        sims = word_text @ targets[rows].T  # [K, G]: every word against the group's texts (constant)
+        hard = sims[indices[rows]]  # [G, n, G]
+        soft = torch.einsum("gnm,gnmk->gnk", weights[rows], sims[near[rows]].to(weights.dtype))
+        logits = (hard + soft - soft.detach()) / temperature
+        labels = torch.arange(len(rows), device=indices.device).repeat_interleave(indices.shape[1])
+        losses.append(F.cross_entropy(logits.flatten(0, 1), labels, reduction="sum"))
+    return torch.stack(losses).sum() / indices.numel()

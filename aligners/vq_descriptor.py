@@ -139,6 +139,9 @@ class VQDescriptorMapper(nn.Module):
         word_dim: int = 256,
         dropout: float = 0.1,
         lookup: str = "cosine",
+        standardize: bool = False,
+        momentum: float = 0.05,
+        balance: bool = False,
     ) -> None:
         super().__init__()
         if lookup not in ("cosine", "euclidean"):
@@ -167,6 +170,13 @@ class VQDescriptorMapper(nn.Module):
         self.register_buffer("codebook", codebook.detach().float().clone(), persistent=False)
         self.codebook_map = nn.Linear(codebook.shape[1], word_dim)
         self._init_codebook_map()
+        # Concept standardisation (see ``encode``): running mean and variance of every slot's concept.
+        self.standardize, self.momentum = standardize, momentum
+        if standardize:
+            self.register_buffer("concept_mean", torch.zeros(num_words, word_dim))
+            self.register_buffer("concept_var", torch.ones(num_words, word_dim))
+        # Per-word penalty on the lookup's similarity (see ``balance``); zero until a word is over-used.
+        self.register_buffer("word_bias", torch.zeros(codebook.shape[0]), persistent=balance)
 
     @torch.no_grad()
     def _init_codebook_map(self) -> None:
@@ -188,13 +198,25 @@ class VQDescriptorMapper(nn.Module):
         self.codebook_map.weight.copy_(weight)
         self.codebook_map.bias.copy_(-weight @ mean)
 
-    def encode(self, x: Tensor) -> Tensor:
-        """Concept vectors ``[N, n, d_w]`` of ``x [N, d]``."""
+    def encode(self, x: Tensor, update: bool = True) -> Tensor:
+        """Concept vectors ``[N, n, d_w]`` of ``x [N, d]``.
+
+        With ``standardize``, each slot's concepts are centred and scaled per dimension by running
+        statistics (updated from ``x`` in training mode when ``update``; no gradient through them)
+        before the lookup. Entities' concepts otherwise share a common direction, and the word
+        nearest to it is every entity's word (a hub)."""
         # Layer-normalised input: CF embeddings are small (SASRec's ~0.6 norm), and at their raw scale
         # the Transformer's biases, the same for every entity, would decide the concepts.
         x = F.layer_norm(x, x.shape[-1:])
-        concepts = torch.einsum("nd,kdw->nkw", x, self.concept_weight) + self.concept_bias
-        return self._on_sphere(self.encoder(concepts))
+        concepts = self.encoder(torch.einsum("nd,kdw->nkw", x, self.concept_weight) + self.concept_bias)
+        if self.standardize:
+            if self.training and update:
+                with torch.no_grad():
+                    stats = concepts.detach().float()
+                    self.concept_mean.lerp_(stats.mean(0), self.momentum)
+                    self.concept_var.lerp_(stats.var(0, unbiased=False), self.momentum)
+            concepts = (concepts - self.concept_mean) * (self.concept_var + 1e-5).rsqrt()
+        return self._on_sphere(concepts)
 
     def _on_sphere(self, z: Tensor) -> Tensor:
         """``z`` itself (euclidean lookup) or scaled to norm ``sqrt(d_w)`` (cosine lookup)."""
@@ -208,10 +230,11 @@ class VQDescriptorMapper(nn.Module):
         """Distinct nearest codebook rows ``[N, n]`` of concepts ``z_e [N, n, d_w]`` (squared L2) and,
         with ``neighbours > 0``, each slot's ``neighbours`` nearest rows ``[N, n, neighbours]``."""
         codes = self.mapped_codebook()
+        # the penalty in cosine units: concepts and codes have norm sqrt(d_w) (squared L2 = 2 d_w (1 - cos))
         if self.lookup == "cosine":  # concepts and codes share one norm: the nearest have the largest dot product
-            distances = -(z_e @ codes.T)
+            distances = -(z_e @ codes.T) + self.word_dim * self.word_bias
         else:
-            distances = z_e.pow(2).sum(-1, keepdim=True) - 2 * z_e @ codes.T + codes.pow(2).sum(-1)
+            distances = z_e.pow(2).sum(-1, keepdim=True) - 2 * z_e @ codes.T + codes.pow(2).sum(-1) + 2 * self.word_dim * self.word_bias
         n = self.num_words
         # one top-k serves both: a slot's n nearest (the greedy pass) are the first n of its M nearest
         near_dist, near = distances.topk(min(max(neighbours, n), len(codes)), dim=-1, largest=False)
@@ -240,8 +263,46 @@ class VQDescriptorMapper(nn.Module):
         codes = self.mapped_codebook()
         near_codes = F.embedding(near, codes)  # [N, n, M, d_w]; its backward is 2x faster than indexing's
         dots = (near_codes @ z_e.unsqueeze(-1)).squeeze(-1)
-        distances = z_e.pow(2).sum(-1, keepdim=True) - 2 * dots + codes.pow(2).sum(-1)[near]
+        distances = z_e.pow(2).sum(-1, keepdim=True) - 2 * dots + codes.pow(2).sum(-1)[near] + 2 * self.word_dim * self.word_bias[near]
         return (-distances / (2 * self.word_dim * temperature)).softmax(-1)
+
+    @torch.no_grad()
+    def balance(self, indices: Tensor, cap: float, rate: float) -> None:
+        """Load balancing without an auxiliary loss (as DeepSeek-V3's expert routing, Wang et al. 2024):
+        a word whose share of this step's entities ``indices [N, n]`` exceeds ``cap`` has its lookup
+        penalty raised by ``rate`` (in cosine units), every other word's penalty falls by ``rate``
+        towards zero. A hub word is then picked only where it beats an entity's next word by its
+        penalty. The penalties are saved with the mapper and used at inference as in training."""
+        share = torch.zeros_like(self.word_bias).index_add_(0, indices.flatten(), torch.ones(indices.numel(), device=indices.device))
+        share /= len(indices)  # words are distinct within an entity: the share of entities using each word
+        self.word_bias.add_(torch.where(share > cap, rate, -rate)).clamp_(min=0)
+
+    @torch.no_grad()
+    def calibrate(self, z_e: Tensor, cap: float, step: float = 0.02, candidates: int = 128, max_iters: int = 300) -> tuple[int, Tensor]:
+        """Raise the lookup penalties until no word is among the words of more than ``cap`` of the
+        entities whose concepts are ``z_e [N, n, d_w]`` (cosine lookup only).
+
+        Each round raises every over-used word's penalty by ``step`` (cosine units) and reads the
+        entities' words again, over each concept's ``candidates`` most similar words (a word outside
+        them is never nearer than the last of them). Penalties only rise here, so a word over the cap
+        always gives way to the entities' next-nearest words. Returns ``(rounds, picks [N, n])``."""
+        if self.lookup != "cosine":
+            raise ValueError("calibrating the word penalties needs stage.lookup=cosine")
+        n = self.num_words
+        codes = self.mapped_codebook()
+        flat = z_e.reshape(-1, z_e.shape[-1])
+        parts = [(flat[b : b + 4096] @ codes.T / self.word_dim).topk(min(candidates, len(codes)), dim=-1) for b in range(0, len(flat), 4096)]
+        sims = torch.cat([p.values for p in parts]).view(*z_e.shape[:2], -1)
+        ids = torch.cat([p.indices for p in parts]).view(*z_e.shape[:2], -1)
+        for rounds in range(max_iters + 1):
+            best, pos = (sims - self.word_bias[ids]).topk(n, dim=-1)
+            picks = greedy_distinct(ids.gather(-1, pos), -best)
+            share = torch.bincount(picks.flatten(), minlength=len(codes)).float() / len(picks)
+            over = share > cap
+            if not over.any() or rounds == max_iters:
+                return rounds, picks
+            self.word_bias[over] += step
+        return max_iters, picks
 
     def reconstruct(self, quantized: Tensor) -> Tensor:
         return self.out(self.decoder(quantized).flatten(1))

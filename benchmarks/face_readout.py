@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         def nearest(z_e: torch.Tensor) -> torch.Tensor:
             if kind == "center":
                 z_e = F.normalize(z_e - p * centre.to(z_e), dim=-1) * dim**0.5
-            sims = z_e @ codes.T / dim
+            sims = z_e @ codes.T / dim - mapper.word_bias  # the stage's own lookup penalties (zero unless balanced)
             return greedy_distinct_nearest(-(sims - p * hubness if kind == "csls" else sims))
         return nearest
 

@@ -54,6 +54,7 @@ from aligners.descriptor_text import (
     info_nce,
     relaxed_word_text,
     shared_word_vocabulary,
+    slot_info_nce,
     word_usage_entropy,
 )
 from aligners.llm import load_token_embeddings
@@ -117,13 +118,14 @@ class FACEModule(FrozenParts, CFPretrainModule):
         self.control = copy.deepcopy(backbone).requires_grad_(backbone.trainable) if cfg.control else None
         if cfg.control:
             self.test_ranking_sets = self.test_full_ranking_sets = ("backbone", "control")
+            self.val_ranking_sets = self.val_full_ranking_sets = ("control",)  # val/control/*: the comparison on validation users
         self.mapper = mapper
         self.bridge = bridge
         self.text = text
         self.register_buffer("user_text", F.normalize(user_text.float(), dim=-1), persistent=False)
         self.register_buffer("item_text", F.normalize(item_text.float(), dim=-1), persistent=False)
-        if cfg.word_align_weight > 0 and word_text is None:
-            raise ValueError("stage.word_align_weight > 0 needs the text embedding of every vocabulary word (word_text)")
+        if (cfg.word_align_weight > 0 or cfg.word_slot_weight > 0) and word_text is None:
+            raise ValueError("stage.word_align_weight or stage.word_slot_weight > 0 needs the text embedding of every vocabulary word (word_text)")
         if word_text is not None and len(word_text) != len(mapper.words):
             raise ValueError(f"word_text has {len(word_text)} rows for {len(mapper.words)} vocabulary words")
         self.register_buffer("word_text", None if word_text is None else F.normalize(word_text.float(), dim=-1), persistent=False)
@@ -155,6 +157,7 @@ class FACEModule(FrozenParts, CFPretrainModule):
         c = self.cfg
         face = c.vq_weight * terms["vq"] + c.recons_weight * terms["recons"]
         text_terms = (("align", c.align_weight, "train/loss_align"), ("word_align", c.word_align_weight, "train/loss_word_align"),
+                      ("word_slot", c.word_slot_weight, "train/loss_word_slot"),
                       ("word_diversity", -c.word_diversity_weight, "train/word_diversity"))
         for name, weight, key in text_terms:
             if name in terms:
@@ -186,17 +189,21 @@ class FACEModule(FrozenParts, CFPretrainModule):
         if users is None:
             users = self.backbone.encode_user(batch)
         x = torch.cat([users[:k], self.backbone.item_embeddings(items)])
+        if self.cfg.backbone_face_grad != 1:  # the same values; FACE's gradient into the backbone scaled
+            x = x * self.cfg.backbone_face_grad + x.detach() * (1 - self.cfg.backbone_face_grad)
         z_e = self.mapper.encode(x)
-        relax = self.aligning and self.cfg.word_align_weight > 0
+        relax = self.aligning and (self.cfg.word_align_weight > 0 or self.cfg.word_slot_weight > 0)
         indices, near = self.mapper.search(z_e, self.cfg.word_neighbours if relax else 0)
         quantized, vq_loss = self.mapper.quantize(z_e, indices)
+        if self.cfg.word_balance_cap > 0 and self.training:
+            self.mapper.balance(indices, self.cfg.word_balance_cap, self.cfg.word_balance_rate)
         terms = {"vq": vq_loss, "recons": F.mse_loss(self.mapper.reconstruct(quantized), x.detach())}
         if not self.aligning or not (relax or self.cfg.align_weight > 0):
             return terms
         # The text terms' rows: users (re-encoded from detached vectors when items are held out: same
         # words, no gradient into the history's item embeddings) and the kept items as they are.
         kept = k + (~self.heldout[items]).nonzero().squeeze(1)
-        z_users = self.mapper.encode(users[:k].detach()) if self.hides_items else z_e[:k]
+        z_users = self.mapper.encode(users[:k].detach(), update=False) if self.hides_items else z_e[:k]
         q_users = self.mapper.quantize(z_users, indices[:k])[0] if self.hides_items else quantized[:k]
         z_text = torch.cat([z_users, z_e[kept]])
         idx_text = torch.cat([indices[:k], indices[kept]])
@@ -220,19 +227,45 @@ class FACEModule(FrozenParts, CFPretrainModule):
             groups = (~is_user).long() if self.cfg.word_align_by_type else None
             described = relaxed_word_text(weights, near_text, idx_text, self.word_text)
             terms["word_align"] = info_nce(described, targets, self.cfg.word_align_temperature, groups)
+            if self.cfg.word_slot_weight > 0:
+                terms["word_slot"] = slot_info_nce(weights, near_text, idx_text, self.word_text, targets,
+                                                   self.cfg.word_align_temperature, groups)
             if self.cfg.word_diversity_weight > 0:
                 terms["word_diversity"] = word_usage_entropy(weights, near_text, len(self.mapper.words))
         return terms
 
     def validation_step(self, batch: SeqBatch, batch_idx: int) -> dict[str, Tensor]:
-        if self.full_ranking_val:
-            return CFPretrainModule.test_step(self, batch, batch_idx)  # without the reference's scores
-        return super().validation_step(batch, batch_idx)
+        if not self.full_ranking_val:
+            return super().validation_step(batch, batch_idx)
+        out = CFPretrainModule.test_step(self, batch, batch_idx)  # without the reference's scores
+        if self.control is not None:
+            if batch.candidates is not None:
+                out["scores/control"] = self.control.score(batch, batch.candidates)
+            out["full_scores/control"] = self.control.score_all(batch)
+        return out
 
     def on_validation_epoch_end(self) -> None:
+        if self.cfg.word_item_cap > 0 and not self.trainer.sanity_checking:
+            for key, value in self.calibrate_words().items():
+                self.log(key, value)
         if self.val_targets is not None and self.reader is not None and len(self.val_targets):
             for key, value in self.val_interpretability().items():
                 self.log(key, value, batch_size=len(self.val_targets))
+
+    @torch.no_grad()
+    def calibrate_words(self) -> dict[str, float]:
+        """Raise the mapper's lookup penalties until no word is in more than ``stage.word_item_cap`` of
+        the items' descriptors (:meth:`VQDescriptorMapper.calibrate`, over every item's CF vector; no
+        text is read). Runs before the epoch's validation figures, so they score the words as read out."""
+        was_training = self.mapper.training
+        self.mapper.eval()
+        items = torch.arange(1, self.backbone.num_items + 1, device=self.device)
+        z = torch.cat([self.mapper.encode(self.backbone.item_embeddings(items[b : b + 1024]).float()) for b in range(0, len(items), 1024)])
+        rounds, picks = self.mapper.calibrate(z, self.cfg.word_item_cap)
+        self.mapper.train(was_training)
+        share = torch.bincount(picks.flatten(), minlength=len(self.mapper.words)).float() / len(picks)
+        return {"val/descriptors/calibration_rounds": float(rounds), "val/descriptors/top_word_item_share": float(share.max()),
+                "val/descriptors/distinct_words": float((share > 0).sum()), "val/descriptors/max_word_penalty": float(self.mapper.word_bias.max())}
 
     @torch.no_grad()
     def val_interpretability(self) -> dict[str, float]:
@@ -305,7 +338,7 @@ def build_face(cfg: Any, device: str | torch.device = "cpu") -> tuple[SeqDataMod
     )
     log.info("FACE vocabulary: %d words (LLM %s, text encoder %s)", len(words), cfg.llm.name, cfg.text_encoder.name)
     codebook = llm_embeddings[llm_ids]
-    mapper = VQDescriptorMapper(backbone.hidden_dim, codebook, words, s.num_words, s.word_dim, s.dropout, s.lookup)
+    mapper = VQDescriptorMapper(backbone.hidden_dim, codebook, words, s.num_words, s.word_dim, s.dropout, s.lookup, s.standardize_concepts, balance=s.word_balance_cap > 0 or s.word_item_cap > 0)
     text = DescriptorTextEncoder(sentence_model, s.user_prompt, s.item_prompt, s.text_dtype)
     bridge = DescriptorBridge(codebook, text.model.get_input_embeddings().weight[text_ids])
     text_encoder.to(device)
@@ -317,7 +350,7 @@ def build_face(cfg: Any, device: str | torch.device = "cpu") -> tuple[SeqDataMod
              int(heldout.sum()), data.num_items, s.text_heldout_fraction)
     items = encode_texts(text_encoder, texts, batch, s.text_dtype, "item texts", cache)
     users = encode_texts(text_encoder, user_texts(data, s.user_history, heldout), batch, s.text_dtype, "user texts", cache)
-    word_text = encode_texts(text_encoder, words, batch, s.text_dtype, "words", cache) if s.word_align_weight > 0 else None
+    word_text = encode_texts(text_encoder, words, batch, s.text_dtype, "words", cache) if s.word_align_weight > 0 or s.word_slot_weight > 0 else None
     val_targets = None
     if s.val_interpretability_users > 0 and data.valid_candidates is not None:
         val_users = seeded_rows(data.split_users("val"), s.val_interpretability_users, cfg.data.eval_seed)

@@ -21,7 +21,8 @@ class FACEConfig:
     lr: float = 1e-3  # (float) Adam lr of the FACE modules
     backbone_lr: float = 1e-4  # (float) Adam lr of the backbone (lr / 10)
     weight_decay: float = 0.0  # (float) Adam weight decay of the backbone
-    max_epochs: int = 11  # (int) map + align epochs
+    backbone_face_grad: float = 0.03  # (float) scale of FACE's gradient into the backbone (1 = official; 0 = FACE reads the backbone only)
+    max_epochs: int = 7  # (int) map + align epochs
     map_epochs: int = 0  # (int) epochs without the alignment loss first (official: a map phase first)
     patience: int = 0  # (int) early stopping on the monitor (0 = off)
     monitor: str = "val/interpretability/acc@1"  # (str) picks the tested align-phase epoch; "" = the last
@@ -32,9 +33,13 @@ class FACEConfig:
     word_dim: int = 256  # (int) concept / codebook width (d_w)
     vocab_size: int = 20000  # (int) the most frequent words (wordfreq) a descriptor may be
     min_word_length: int = 2  # (int) shortest descriptor word
-    parts_of_speech: str = "any"  # (str) any | noun_adj (the official code: nouns and adjectives, by lemminflect's lexicon)
+    parts_of_speech: str = "noun_adj"  # (str) any | noun_adj (the official code: nouns and adjectives, by lemminflect's lexicon)
     dropout: float = 0.1  # (float) dropout of FACE's Transformer layers
     lookup: str = "cosine"  # (str) nearest word by cosine | euclidean (official; collapses onto a few words)
+    standardize_concepts: bool = True  # (bool) centre and scale each slot's concepts by running statistics before the lookup
+    word_balance_cap: float = 0.02  # (float) share of a step's entities above which a word's lookup penalty rises (0 = off)
+    word_balance_rate: float = 0.01  # (float) its change per step, in cosine units
+    word_item_cap: float = 0.04  # (float) after each epoch, penalties rise until no word is in more than this share of items (0 = off)
     vq_weight: float = 1.0
     recons_weight: float = 1.0
     align_weight: float = 0.0  # (float) the official alignment (0.1 there); see conf/stage/face.yaml
@@ -44,6 +49,7 @@ class FACEConfig:
     word_temperature: float = 0.05  # (float) soft assignment: softmax of cosine / this
     word_align_temperature: float = 0.05  # (float) InfoNCE temperature of the word-level alignment
     word_diversity_weight: float = 1.0  # (float) reward for the entropy of the step's averaged soft word choice (0 = off)
+    word_slot_weight: float = 10.0  # (float) InfoNCE of every descriptor word on its own (0 = off)
     word_align_by_type: bool = True  # (bool) its InfoNCE contrasts items with items and users with users only
     entities_per_step: int = 128  # (int) users per step, with as many positive and random items (FACE's losses)
     encoder_entities_per_step: int = 64  # (int) of those users, how many (with their items) the text encoder reads
@@ -73,8 +79,15 @@ class FACEConfig:
                 raise ValueError(f"stage.{key} must be >= 1, got {getattr(self, key)}")
         if self.parts_of_speech not in PARTS_OF_SPEECH:
             raise ValueError(f"stage.parts_of_speech must be one of {list(PARTS_OF_SPEECH)}, got {self.parts_of_speech!r}")
-        if self.word_align_weight < 0:
-            raise ValueError(f"stage.word_align_weight must be >= 0, got {self.word_align_weight}")
+        if not 0 <= self.word_item_cap < 1 or not 0 <= self.word_balance_cap < 1:
+            raise ValueError(f"stage.word_item_cap and stage.word_balance_cap must be in [0, 1), got {self.word_item_cap}, {self.word_balance_cap}")
+        if self.word_item_cap > 0 and self.lookup != "cosine":
+            raise ValueError("stage.word_item_cap > 0 needs stage.lookup=cosine")
+        if not 0 <= self.backbone_face_grad <= 1:
+            raise ValueError(f"stage.backbone_face_grad must be in [0, 1], got {self.backbone_face_grad}")
+        for key in ("word_align_weight", "word_slot_weight"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"stage.{key} must be >= 0, got {getattr(self, key)}")
         if self.interpretability_candidates < 2:
             raise ValueError(f"stage.interpretability_candidates must be >= 2, got {self.interpretability_candidates}")
         if self.lookup not in ("cosine", "euclidean"):

@@ -106,3 +106,27 @@ def test_judge_ranks_planted_cases_with_smollm2():
     scores = judge.rank(list(planted.values()), torch.arange(10).expand(len(planted), 10))
     right = sum(int(pick) == target for pick, target in zip(scores.argmax(1), planted))
     assert right >= 7, scores.argmax(1)
+
+
+def test_slot_info_nce_scores_every_word_on_its_own():
+    import math
+
+    import torch
+
+    from aligners.descriptor_text import slot_info_nce
+
+    word_text = torch.eye(4)  # words 0-2 each name one entity's text; word 3 is no one's (a hub)
+    targets = torch.eye(4)[:3]
+    near = torch.tensor([[[0, 3]], [[1, 3]], [[2, 3]]])  # one slot, two candidate words each
+    soft = torch.tensor([[[0.5, 0.5]]]).repeat(3, 1, 1).requires_grad_()
+    own = slot_info_nce(soft, near, torch.tensor([[0], [1], [2]]), word_text, targets, temperature=0.1)
+    hub = slot_info_nce(soft, near, torch.tensor([[3], [3], [3]]), word_text, targets, temperature=0.1)
+    assert hub.item() == pytest.approx(math.log(3))  # the same word for everyone names no one
+    assert own.item() < 0.01
+    hub.backward()
+    # descent raises each entity's own word; the hub is as near to every text, so it draws no gradient
+    assert (soft.grad[..., 0] < 0).all() and (soft.grad[..., 1] == 0).all()
+    # groups: a row competes with its own group only
+    grouped = slot_info_nce(soft.detach(), near, torch.tensor([[3], [3], [3]]), word_text, targets, 0.1,
+                            groups=torch.tensor([0, 0, 1]))
+    assert grouped.item() == pytest.approx((2 * math.log(2) + 0) / 3)

@@ -150,3 +150,60 @@ def test_word_usage_entropy_is_one_for_even_use_and_zero_for_one_word():
     peaked = torch.tensor([[[2.0, 0.0, 0.0]]]).repeat(4, 2, 1).requires_grad_()
     word_usage_entropy(peaked.softmax(-1), torch.arange(24).view(4, 2, 3), 24).backward()
     assert peaked.grad[..., 0].lt(0).all()  # more entropy: less weight on each slot's favourite
+
+
+def test_standardised_concepts_are_centred_by_running_statistics_in_training_only():
+    torch.manual_seed(0)
+    mapper = VQDescriptorMapper(12, torch.randn(30, 10), [f"w{i}" for i in range(30)], num_words=3, word_dim=8,
+                                dropout=0.0, lookup="euclidean", standardize=True, momentum=0.5)
+    x = torch.randn(64, 12) + 3.0
+    before = mapper.concept_mean.clone()
+    mapper.encode(x, update=False)  # a second reading of the same entities changes nothing
+    assert torch.equal(mapper.concept_mean, before)
+    for _ in range(30):
+        mapper.encode(x)
+    mapper.eval()
+    frozen = mapper.concept_mean.clone()
+    z = mapper.encode(x)
+    assert torch.equal(mapper.concept_mean, frozen)  # evaluation never updates them
+    # every slot and dimension centred and scaled over these entities (the euclidean lookup keeps the scale)
+    torch.testing.assert_close(z.mean(0), torch.zeros(3, 8), atol=1e-3, rtol=0)
+    torch.testing.assert_close(z.var(0, unbiased=False), torch.ones(3, 8), atol=1e-2, rtol=0)
+    assert "concept_mean" in mapper.state_dict()  # saved with the weights: the read-out depends on them
+
+
+def test_balancing_penalty_moves_entities_off_an_over_used_word():
+    torch.manual_seed(0)
+    mapper = VQDescriptorMapper(12, torch.randn(30, 10), [f"w{i}" for i in range(30)], num_words=1, word_dim=8,
+                                dropout=0.0, balance=True).eval()
+    x = 0.3 * torch.randn(40, 12) + torch.randn(12)  # similar entities: most share one nearest word
+    first = mapper.nearest(mapper.encode(x))[:, 0]
+    hub = int(first.mode().values)
+    share = float((first == hub).float().mean())
+    mapper.balance(first.unsqueeze(1), cap=share - 0.01, rate=0.05)  # over the cap: penalised
+    assert mapper.word_bias[hub] == pytest.approx(0.05) and mapper.word_bias.sum() == pytest.approx(0.05)
+    for _ in range(200):
+        picks = mapper.nearest(mapper.encode(x))
+        mapper.balance(picks, cap=0.1, rate=0.01)
+    final = mapper.nearest(mapper.encode(x))[:, 0]
+    assert share > 0.5 and float((final == final.mode().values).float().mean()) <= 0.25  # no word holds much more than the cap
+    # a word under the cap sees its penalty fall back to zero, never below
+    mapper.balance(torch.full((40, 1), hub), cap=1.0, rate=1.0)
+    assert mapper.word_bias.min() == 0 and "word_bias" in mapper.state_dict()
+
+
+def test_calibration_keeps_every_word_under_the_item_cap_and_matches_the_read_out():
+    torch.manual_seed(0)
+    mapper = VQDescriptorMapper(12, torch.randn(60, 10), [f"w{i}" for i in range(60)], num_words=3, word_dim=8,
+                                dropout=0.0, balance=True).eval()
+    x = 0.3 * torch.randn(200, 12) + torch.randn(12)  # similar entities: a few words are everyone's
+    z = mapper.encode(x)
+    before = mapper.nearest(z)
+    top_before = torch.bincount(before.flatten()).max().item() / len(x)
+    rounds, picks = mapper.calibrate(z, cap=0.2, candidates=60)
+    top_after = torch.bincount(picks.flatten()).max().item() / len(x)
+    assert top_before > 0.5 and rounds > 0 and top_after <= 0.2
+    assert torch.equal(mapper.nearest(z), picks)  # the stored penalties give the same words at read-out
+    assert (mapper.word_bias >= 0).all() and mapper.word_bias[before.flatten().unique()].max() > 0
+    with pytest.raises(ValueError, match="cosine"):
+        _mapper(lookup="euclidean").calibrate(z, cap=0.2)
