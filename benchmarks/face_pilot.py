@@ -46,8 +46,11 @@ def probe_hits(module: FACEModule, cfg) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate(module: FACEModule, titles: list[str]) -> dict[str, float]:
-    """The stage's validation figures and the readability of every item's words."""
+    """The stage's validation figures (after its calibration of the word penalties, when on) and the
+    readability of every item's words."""
     module.eval()
+    if module.cfg.word_item_cap > 0:
+        module.calibrate_words()
     out = {k.split("/")[1]: round(v, 4) for k, v in module.val_interpretability().items()}
     items = torch.arange(1, module.backbone.num_items + 1, device=module.device)
     words = module.mapper.explain(module.describe(module.backbone.item_embeddings(items).float()))

@@ -102,3 +102,28 @@ def test_control_backbone_learns_from_its_own_loss_alone(pretrained, tiny_word_l
     assert module.test_ranking_sets == ("backbone", "control")
     # the control starts as the backbone that FACE trains: the cf_pretrain weights
     assert all(torch.equal(a, b) for a, b in zip(module.control.state_dict().values(), module.reference.state_dict().values()))
+
+
+def test_face_pilot_tunes_on_validation_users_only(pretrained, tiny_word_llm_dir, tiny_sentence_encoder_dir, monkeypatch):  # noqa: F811
+    """benchmarks/face_pilot.py (how the FACE settings were chosen) steps the stage's own module and scores
+    validation users' validation targets, the probe on the same rows and every item's readability; it never
+    builds the test loader."""
+    import io
+
+    from benchmarks import face_pilot
+    from datamodules.datamodule import SeqDataModule
+
+    def no_test(self):
+        raise AssertionError("the pilot read test users")
+
+    monkeypatch.setattr(SeqDataModule, "test_dataloader", no_test)
+    out = io.StringIO()
+    overrides = _face_stage(pretrained, tiny_word_llm_dir, tiny_sentence_encoder_dir, "stage.val_interpretability_users=30")
+    records = face_pilot.pilot(overrides, steps=10, every=5, control=True, out=out)
+    assert records[0]["validation_users"] == 30 and 0 <= records[0]["probe"] <= 1
+    evaluations = [r for r in records if "interpretability" in r]
+    assert [r["step"] for r in evaluations] == [5, 10]
+    for r in evaluations:
+        assert 0 <= r["interpretability"] <= 1 and 0 < r["top_word_item_share"] <= 1
+        assert r["ndcg"] > 0 and r["backbone_ndcg"] > 0 and r["control_ndcg"] > 0
+    assert len(out.getvalue().splitlines()) == len(records)
