@@ -12,7 +12,9 @@ on the trained mapper, without retraining:
 
 For each, the stage's own validation measure (``val/interpretability/acc@1`` on seen targets,
 ``_heldout`` on held-out ones, the same 2,000 seeded validation users) and the readability figures
-over every item. No test user is read. Prints one JSON line per read-out.
+over every item. No test user is read. Prints one JSON line per read-out; with ``--judge N``, then one
+line of the stage's LLM judge on N seen and N held-out validation targets, with random words and the
+ceiling on the held-out ones (``val/judge*/acc@1``).
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from aligners.vq_descriptor import greedy_distinct_nearest
-from lightning_modules.face_outputs import readability
+from lightning_modules.face_outputs import encode_texts, judge_outputs, nearest_words, readability, seeded_rows
 from lightning_modules.inference import load_run
 
 READOUTS = (("nearest", 0.0), ("csls", 0.5), ("csls", 1.0), ("csls", 1.5), ("center", 0.5), ("center", 1.0))
@@ -34,6 +37,7 @@ READOUTS = (("nearest", 0.0), ("csls", 0.5), ("csls", 1.0), ("csls", 1.5), ("cen
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a finished face run")
+    parser.add_argument("--judge", type=int, default=0, help="also run the stage's judge on this many seeded seen and held-out validation targets")
     args = parser.parse_args(argv)
     run = load_run(args.run_dir)
     module, mapper = run.module, run.module.mapper
@@ -54,11 +58,41 @@ def main(argv: list[str] | None = None) -> None:
         return nearest
 
     titles = [t or "" for t in run.data.titles[1:]]
+    stage_nearest = mapper.nearest
     for kind, p in READOUTS:
         mapper.nearest = readout(kind, p)
         figures = module.val_interpretability()
         words = mapper.explain(torch.cat([mapper.nearest(z[b : b + 1024]) for b in range(0, len(z), 1024)]))
         print(json.dumps({"readout": kind, "p": p, **figures, **readability(words, titles)}), flush=True)
+    mapper.nearest = stage_nearest
+    if args.judge > 0:
+        print(json.dumps(validation_judge(run, args.judge)), flush=True)
+
+
+@torch.no_grad()
+def validation_judge(run, rows: int) -> dict[str, float]:
+    """The stage's PMI judge on validation targets (the stage's read-out, each target against its own 9
+    seeded candidates, as ``val/interpretability``): ``rows`` seeded seen and ``rows`` held-out targets,
+    and on the held-out ones random words and the ceiling (the words nearest to the title's own text
+    embedding). No test user is read: a judge figure to tune on."""
+    module, cfg = run.module, run.cfg
+    targets, candidates = module.val_targets.cpu(), module.val_candidates
+    held = module.heldout.cpu()[targets]
+    items = torch.arange(1, module.backbone.num_items + 1, device=module.device)
+    item_words = module.mapper.explain(module.describe(module.backbone.item_embeddings(items).float()))
+    seed = cfg.data.eval_seed
+    seen_rows = seeded_rows((~held).nonzero().squeeze(1), rows, seed)
+    held_rows = seeded_rows(held.nonzero().squeeze(1), rows, seed)
+    words, k = module.mapper.words, cfg.stage.num_words
+    rng = np.random.default_rng(seed)
+    random_words = [[words[j] for j in rng.choice(len(words), k, replace=False)] for _ in held_rows]
+    word_text = module.word_text.cpu() if module.word_text is not None else encode_texts(
+        module.reader, words, cfg.text_encoder.batch_size, cfg.stage.text_dtype, "words").cpu()
+    ceiling = nearest_words(module.item_text.cpu()[targets[held_rows]], word_text, words, k)
+    hits = judge_outputs(cfg, run.data, item_words, {"judge_random": random_words, "judge_ceiling": ceiling},
+                         {"judge": seen_rows, "judge_heldout": held_rows, "judge_random": held_rows, "judge_ceiling": held_rows},
+                         candidates, module.device)
+    return {f"val/{name}/acc@1": round(float(h.float().mean()), 4) for name, h in hits.items()} | {"judge_rows": len(seen_rows), "judge_heldout_rows": len(held_rows)}
 
 
 if __name__ == "__main__":

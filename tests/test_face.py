@@ -170,9 +170,12 @@ def test_face_stage_writes_descriptors_and_metrics(pretrained, tiny_word_llm_dir
     # the hub-word read-outs re-read the tested mapper: its own read-out gives the validation figure that chose it
     from benchmarks.face_readout import main as readout
 
-    readout([str(run_dir)])
+    readout([str(run_dir), "--judge", "4"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    judged = rows.pop()  # the judge on validation targets: a figure to tune on that reads no test user
     assert [r["readout"] for r in rows][:2] == ["nearest", "csls"] and len(rows) == 6
+    assert judged["judge_rows"] == 4 and 0 < judged["judge_heldout_rows"] <= 4
+    assert all(0 <= judged[f"val/{name}/acc@1"] <= 1 for name in ("judge", "judge_heldout", "judge_random", "judge_ceiling"))
     assert rows[0]["val/interpretability/acc@1"] == pytest.approx(metrics["best_val/interpretability/acc@1"])
     assert rows[0]["top_word_item_share"] == pytest.approx(metrics["test/descriptors/top_word_item_share"])
     # random words sit at chance, 1 in 10 candidates (4 standard errors)
