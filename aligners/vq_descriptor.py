@@ -300,9 +300,9 @@ class VQDescriptorMapper(nn.Module):
             share = torch.bincount(picks.flatten(), minlength=len(codes)).float() / len(picks)
             over = share > cap
             if not over.any() or rounds == max_iters:
-                return rounds, picks
+                break
             self.word_bias[over] += step
-        return max_iters, picks
+        return rounds, picks
 
     def reconstruct(self, quantized: Tensor) -> Tensor:
         return self.out(self.decoder(quantized).flatten(1))

@@ -17,13 +17,12 @@ per evaluation.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 
 import numpy as np
 import torch
 
+from benchmarks.pilot import Records, prepare, train_steps
 from callbacks.ranking import full_ranks
 from lightning_modules.config import compose
 from lightning_modules.face import FACEModule, build_face
@@ -81,51 +80,23 @@ def pilot(overrides: list[str], steps: int, every: int, control: bool = False, o
     """Train ``steps`` steps of the stage's own losses and optimiser; evaluate every ``every`` (with
     ``control``, also the continued-training control and every validation user's full-ranking NDCG@10)."""
     cfg = compose(["stage=face", f"stage.control={str(control).lower()}", *overrides])
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
-    torch.manual_seed(cfg.seed)
+    prepare(cfg)
     datamodule, module, _ = build_face(cfg)
     optimiser = module.configure_optimizers()
-    module.log = lambda *args, **kwargs: None  # no trainer attached
-    step = 0
-    seed = cfg.seed
+    current = [0]  # the loop's step: no trainer gives the stage its global_step
 
-    def negatives(count: int) -> torch.Tensor:  # the stage's draw, seeded by this loop's step (no trainer)
-        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+    def negatives(count: int) -> torch.Tensor:  # the stage's draw, seeded by this loop's step
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, current[0]]).generate_state(1)[0]))
         return torch.randint(1, module.backbone.num_items + 1, (count,), generator=gen)
 
     module._negatives = negatives
     titles = [t or "" for t in datamodule.data.titles[1:]]
     val = list(datamodule.val_dataloader()) if control else []
-    records: list[dict] = []
-
-    def emit(record: dict) -> None:
-        records.append(record)
-        print(json.dumps(record), file=out, flush=True)
-
-    emit({"overrides": overrides, "validation_users": len(module.val_targets), **probe_hits(module, cfg)})
-    module.train()
-    losses, epoch, start = [], 0, time.time()
-    loader = datamodule.train_dataloader()
-    batches = iter(loader)
-    while step < steps:
-        batch = next(batches, None)
-        if batch is None:  # a new pass: the next epoch's seeded order of the training users
-            epoch += 1
-            if hasattr(loader.sampler, "set_epoch"):
-                loader.sampler.set_epoch(epoch)
-            batches = iter(loader)
-            continue
-        loss = module.training_step(batch, step)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        step += 1
-        losses.append(float(loss.detach()))
-        if step % 10 == 0:
-            emit({"step": step, "train_loss": round(sum(losses[-10:]) / 10, 4), "seconds_per_step": round((time.time() - start) / step, 2)})
-        if step % every == 0 or step == steps:
-            emit({"step": step, **evaluate(module, titles), **(validation_ndcg(module, val) if control else {})})
+    records = Records(out)
+    records.emit({"overrides": overrides, "validation_users": len(module.val_targets), **probe_hits(module, cfg)})
+    train_steps(module, datamodule.train_dataloader(), optimiser, steps, every,
+                lambda: {**evaluate(module, titles), **(validation_ndcg(module, val) if control else {})}, records,
+                on_step=lambda step: current.__setitem__(0, step))
     return records
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from aligners.vq_descriptor import greedy_distinct_nearest
-from lightning_modules.face_outputs import encode_texts, judge_outputs, nearest_words, readability, seeded_rows
+from lightning_modules.face_outputs import encode_texts, judged_sets, readability
 from lightning_modules.inference import load_run
 
 READOUTS = (("nearest", 0.0), ("csls", 0.5), ("csls", 1.0), ("csls", 1.5), ("center", 0.5), ("center", 1.0))
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     run = load_run(args.run_dir)
     module, mapper = run.module, run.module.mapper
     items = torch.arange(1, module.backbone.num_items + 1, device=module.device)
-    z = torch.cat([mapper.encode(module.backbone.item_embeddings(items[b : b + 512]).float()) for b in range(0, len(items), 512)])
+    z = module.item_concepts()
     codes, dim = mapper.mapped_codebook(), mapper.word_dim
     seen = z[~module.heldout[items]].reshape(-1, dim)
     top = torch.cat([(codes @ seen[b : b + 16384].T / dim).topk(10, 1).values for b in range(0, len(seen), 16384)], 1)
@@ -76,23 +76,19 @@ def validation_judge(run, rows: int) -> dict[str, float]:
     and on the held-out ones random words and the ceiling (the words nearest to the title's own text
     embedding). No test user is read: a judge figure to tune on."""
     module, cfg = run.module, run.cfg
-    targets, candidates = module.val_targets.cpu(), module.val_candidates
-    held = module.heldout.cpu()[targets]
-    items = torch.arange(1, module.backbone.num_items + 1, device=module.device)
-    item_words = module.mapper.explain(module.describe(module.backbone.item_embeddings(items).float()))
-    seed = cfg.data.eval_seed
-    seen_rows = seeded_rows((~held).nonzero().squeeze(1), rows, seed)
-    held_rows = seeded_rows(held.nonzero().squeeze(1), rows, seed)
+    held = module.heldout.cpu()[module.val_targets.cpu()]
+    item_words = module.mapper.explain(module.describe(module.backbone.item_embeddings().float()[1:]))
     words, k = module.mapper.words, cfg.stage.num_words
-    rng = np.random.default_rng(seed)
-    random_words = [[words[j] for j in rng.choice(len(words), k, replace=False)] for _ in held_rows]
+    rng = np.random.default_rng(cfg.data.eval_seed)
     word_text = module.word_text.cpu() if module.word_text is not None else encode_texts(
         module.reader, words, cfg.text_encoder.batch_size, cfg.stage.text_dtype, "words").cpu()
-    ceiling = nearest_words(module.item_text.cpu()[targets[held_rows]], word_text, words, k)
-    hits = judge_outputs(cfg, run.data, item_words, {"judge_random": random_words, "judge_ceiling": ceiling},
-                         {"judge": seen_rows, "judge_heldout": held_rows, "judge_random": held_rows, "judge_ceiling": held_rows},
-                         candidates, module.device)
-    return {f"val/{name}/acc@1": round(float(h.float().mean()), 4) for name, h in hits.items()} | {"judge_rows": len(seen_rows), "judge_heldout_rows": len(held_rows)}
+    hits, held_rows, _ = judged_sets(
+        cfg, run.data, item_words, module.val_candidates, held, module.item_text.cpu(), word_text, words,
+        lambda control: [[words[j] for j in rng.choice(len(words), k, replace=False)] for _ in control],
+        rows, rows, module.device,
+    )
+    return {f"val/{name}/acc@1": round(float(h.float().mean()), 4) for name, h in hits.items()} | {
+        "judge_rows": len(hits["judge"]), "judge_heldout_rows": len(held_rows)}
 
 
 if __name__ == "__main__":

@@ -15,12 +15,11 @@ without vectors, which training does not change). ``stage.max_val_users`` sets t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 
 import torch
 
+from benchmarks.pilot import Records, prepare, train_steps
 from benchmarks.timing import optimiser_and_schedule
 from callbacks.ranking import sampled_ranks
 from lightning_modules.align_stage2 import LLMProjectionModule, build_align_stage2
@@ -41,48 +40,17 @@ def validation_hits(module: LLMProjectionModule, batches: list, variants: tuple[
 def pilot(overrides: list[str], steps: int, every: int, llm_only: bool = False, out=sys.stdout) -> list[dict]:
     """Train ``steps`` steps of the stage's own optimiser, warm-up and clipping; evaluate every ``every``."""
     cfg = compose(["stage=align_stage2", *overrides])
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
-    torch.manual_seed(cfg.seed)
+    prepare(cfg)
     datamodule, module = build_align_stage2(cfg)
     optimiser, schedule = optimiser_and_schedule(module)
-    module.log = lambda *args, **kwargs: None  # no trainer attached
-    clip = cfg.trainer.gradient_clip_val
     val = list(datamodule.val_dataloader())
-    records: list[dict] = []
-
-    def emit(record: dict) -> None:
-        records.append(record)
-        print(json.dumps(record), file=out, flush=True)
-
-    emit({"overrides": overrides, "validation_users": sum(len(b) for b in val)})
+    records = Records(out)
+    records.emit({"overrides": overrides, "validation_users": sum(len(b) for b in val)})
     if llm_only:
-        emit({"step": 0, **validation_hits(module, val, ("llm_only",))})
-    module.train()
-    losses, step, epoch, start = [], 0, 0, time.time()
-    loader = datamodule.train_dataloader()
-    batches = iter(loader)
-    while step < steps:
-        batch = next(batches, None)
-        if batch is None:  # a new pass: the next epoch's seeded order of the training users
-            epoch += 1
-            loader.sampler.set_epoch(epoch)
-            batches = iter(loader)
-            continue
-        loss = module.training_step(batch, step)
-        optimiser.zero_grad()
-        loss.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(module.projector.parameters(), clip)
-        optimiser.step()
-        if schedule is not None:
-            schedule.step()
-        step += 1
-        losses.append(float(loss.detach()))
-        if step % 10 == 0:
-            emit({"step": step, "train_loss": round(sum(losses[-10:]) / 10, 4), "seconds_per_step": round((time.time() - start) / step, 2)})
-        if step % every == 0 or step == steps:
-            emit({"step": step, **validation_hits(module, val, ("main", "shuffled"))})
+        records.emit({"step": 0, **validation_hits(module, val, ("llm_only",))})
+    train_steps(module, datamodule.train_dataloader(), optimiser, steps, every,
+                lambda: validation_hits(module, val, ("main", "shuffled")), records, schedule=schedule,
+                clip=cfg.trainer.gradient_clip_val, clip_params=module.projector.parameters())
     return records
 
 

@@ -253,16 +253,22 @@ class FACEModule(FrozenParts, CFPretrainModule):
                 self.log(key, value, batch_size=len(self.val_targets))
 
     @torch.no_grad()
+    def item_concepts(self, batch_size: int = 1024) -> Tensor:
+        """Every item's concepts ``[N, n, d_w]`` as the mapper reads them out (eval mode, items 1..N)."""
+        was_training = self.mapper.training
+        self.mapper.eval()
+        items = torch.arange(1, self.backbone.num_items + 1, device=self.device)
+        z = torch.cat([self.mapper.encode(self.backbone.item_embeddings(items[b : b + batch_size]).float())
+                       for b in range(0, len(items), batch_size)])
+        self.mapper.train(was_training)
+        return z
+
+    @torch.no_grad()
     def calibrate_words(self) -> dict[str, float]:
         """Raise the mapper's lookup penalties until no word is in more than ``stage.word_item_cap`` of
         the items' descriptors (:meth:`VQDescriptorMapper.calibrate`, over every item's CF vector; no
         text is read). Runs before the epoch's validation figures, so they score the words as read out."""
-        was_training = self.mapper.training
-        self.mapper.eval()
-        items = torch.arange(1, self.backbone.num_items + 1, device=self.device)
-        z = torch.cat([self.mapper.encode(self.backbone.item_embeddings(items[b : b + 1024]).float()) for b in range(0, len(items), 1024)])
-        rounds, picks = self.mapper.calibrate(z, self.cfg.word_item_cap)
-        self.mapper.train(was_training)
+        rounds, picks = self.mapper.calibrate(self.item_concepts(), self.cfg.word_item_cap)
         share = torch.bincount(picks.flatten(), minlength=len(self.mapper.words)).float() / len(picks)
         return {"val/descriptors/calibration_rounds": float(rounds), "val/descriptors/top_word_item_share": float(share.max()),
                 "val/descriptors/distinct_words": float((share > 0).sum()), "val/descriptors/max_word_penalty": float(self.mapper.word_bias.max())}

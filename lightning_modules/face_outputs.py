@@ -259,6 +259,26 @@ def judge_outputs(cfg: Any, data: Any, item_words: list[list[str]], words_of: di
     return out
 
 
+def judged_sets(cfg: Any, data: Any, item_words: list[list[str]], candidates: Tensor, held: Tensor, text: Tensor,
+                word_text: Tensor, words: list[str], random_words: Any, per_set: int, control: int,
+                device: torch.device) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """The judge (:func:`judge_outputs`) on ``per_set`` seeded rows of ``candidates [B, C]`` with seen
+    targets and as many with held-out ones (``held [B]``), and on a seeded ``control`` of the held-out
+    rows: ``random_words(rows)`` (one word list per row) and the ceiling, the words nearest to the
+    target's own text embedding (``text [N+1, d]``). Returns ``(hits, held-out rows, control rows)``."""
+    seed = cfg.data.eval_seed
+    seen_rows = seeded_rows((~held).nonzero().squeeze(1), per_set, seed)
+    held_rows = seeded_rows(held.nonzero().squeeze(1), per_set, seed)
+    control_rows = seeded_rows(held_rows, control, seed + 1)
+    ceiling = nearest_words(text[candidates[control_rows, 0]], word_text, words, cfg.stage.num_words)
+    hits = judge_outputs(
+        cfg, data, item_words, {"judge_random": random_words(control_rows), "judge_ceiling": ceiling},
+        {"judge": seen_rows, "judge_heldout": held_rows, "judge_random": control_rows, "judge_ceiling": control_rows},
+        candidates, device,
+    )
+    return hits, held_rows, control_rows
+
+
 @torch.no_grad()
 def face_outputs(cfg: Any, module: Any, text_encoder: Any, data: Any) -> dict[str, float]:
     """Writes ``descriptors.csv``; returns the interpretability metrics with their intervals: FACE's
@@ -311,14 +331,9 @@ def face_outputs(cfg: Any, module: Any, text_encoder: Any, data: Any) -> dict[st
     pairs = {"interpretability_probe_heldout": (face[held_row], probe[held_row]), "interpretability_probe": (face[~held_row], probe[~held_row])}
     out: dict[str, float] = {"probe_ridge_alpha": alpha}
     if s.judge_users > 0:
-        seen_rows = seeded_rows((~held_row).nonzero().squeeze(1), s.judge_users, cfg.data.eval_seed)
-        held_rows = seeded_rows(held_row.nonzero().squeeze(1), s.judge_users, cfg.data.eval_seed)
-        control_rows = seeded_rows(held_rows, s.judge_control_users, cfg.data.eval_seed + 1)
-        ceiling = nearest_words(titles[targets[control_rows]], word_text, words, s.num_words)
-        judged = judge_outputs(
-            cfg, data, item_words, {"judge_random": [random_lists[i] for i in control_rows.tolist()], "judge_ceiling": ceiling},
-            {"judge": seen_rows, "judge_heldout": held_rows, "judge_random": control_rows, "judge_ceiling": control_rows},
-            candidates, module.device,
+        judged, held_rows, control_rows = judged_sets(
+            cfg, data, item_words, candidates, held_row, titles, word_text, words,
+            lambda rows: [random_lists[i] for i in rows.tolist()], s.judge_users, s.judge_control_users, module.device,
         )
         hits.update(judged)
         # the paired difference on the control's rows: FACE's words against random words for the same targets
