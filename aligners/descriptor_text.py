@@ -2,8 +2,10 @@
 (reference ``face.md`` sections 3.7-3.8).
 
 The codebook is the LLM's token-embedding matrix, the alignment encoder a sentence-transformers
-model (MiniLM by default). The two have different vocabularies, so a descriptor must be a word that
-is one whole token in both: :func:`shared_word_vocabulary` keeps those. The encoder then reads the
+model (MiniLM by default). The two have different vocabularies, so for this alignment a descriptor
+must be a word that is one whole token in both: :func:`shared_word_vocabulary` keeps those (the
+word-level terms read each word's sentence embedding instead, and need no such word: the stage uses
+this vocabulary only when ``stage.align_weight`` > 0). The encoder then reads the
 word's own input embedding, exactly, and gradients reach the concept vectors straight through a
 linear bridge (the official code's pseudo-inverse of the codebook map, followed by a least-squares
 map from the LLM's token space into the encoder's; see :class:`DescriptorBridge`).

@@ -10,8 +10,9 @@ is how the FACE settings were chosen (README, "Choosing FACE's settings on valid
 The arguments after the options are the usual ``key=value`` overrides (``stage=face`` is implied; the
 cf_pretrain run must exist). The continued-training control is off unless ``--control`` (its
 parameters are its own: it does not change FACE's figures); with it, every validation user's
-full-ranking NDCG@10 under FACE's backbone, the backbone as loaded and the control. Prints one JSON line per 10 steps (mean training loss) and
-per evaluation.
+full-ranking NDCG@10 under FACE's backbone, the backbone as loaded and the control; with ``--judge N``,
+the stage's LLM judge at the end (``benchmarks.face_readout.validation_judge``). Prints one JSON line
+per 10 steps (mean training loss) and per evaluation.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 import numpy as np
 import torch
 
+from benchmarks.face_readout import validation_judge
 from benchmarks.pilot import Records, prepare, train_steps
 from callbacks.ranking import full_ranks
 from lightning_modules.config import compose
@@ -76,9 +78,10 @@ def validation_ndcg(module: FACEModule, batches: list) -> dict[str, float]:
     return out
 
 
-def pilot(overrides: list[str], steps: int, every: int, control: bool = False, out=sys.stdout) -> list[dict]:
+def pilot(overrides: list[str], steps: int, every: int, control: bool = False, judge: int = 0, out=sys.stdout) -> list[dict]:
     """Train ``steps`` steps of the stage's own losses and optimiser; evaluate every ``every`` (with
-    ``control``, also the continued-training control and every validation user's full-ranking NDCG@10)."""
+    ``control``, also the continued-training control and every validation user's full-ranking NDCG@10);
+    with ``judge`` > 0, then the stage's LLM judge on that many seen and held-out validation targets."""
     cfg = compose(["stage=face", f"stage.control={str(control).lower()}", *overrides])
     prepare(cfg)
     datamodule, module, _ = build_face(cfg)
@@ -97,6 +100,8 @@ def pilot(overrides: list[str], steps: int, every: int, control: bool = False, o
     train_steps(module, datamodule.train_dataloader(), optimiser, steps, every,
                 lambda: {**evaluate(module, titles), **(validation_ndcg(module, val) if control else {})}, records,
                 on_step=lambda step: current.__setitem__(0, step))
+    if judge > 0:
+        records.emit({"step": steps, **validation_judge(module, cfg, datamodule.data, judge)})
     return records
 
 
@@ -105,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--control", action="store_true", help="train the continued-training control too and compare validation NDCG@10")
+    parser.add_argument("--judge", type=int, default=0, help="at the end, the stage's LLM judge on this many seen and held-out validation targets")
     args, overrides = parser.parse_known_args(argv)
-    pilot(overrides, args.steps, args.every, args.control)
+    pilot(overrides, args.steps, args.every, args.control, args.judge)
     return 0
 
 

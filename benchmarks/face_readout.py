@@ -13,8 +13,8 @@ on the trained mapper, without retraining:
 For each, the stage's own validation measure (``val/interpretability/acc@1`` on seen targets,
 ``_heldout`` on held-out ones, the same 2,000 seeded validation users) and the readability figures
 over every item. No test user is read. Prints one JSON line per read-out; with ``--judge N``, then one
-line of the stage's LLM judge on N seen and N held-out validation targets, with random words and the
-ceiling on the held-out ones (``val/judge*/acc@1``).
+line of the stage's LLM judge on N seen and N held-out validation targets (of every validation user),
+with random words and the ceiling on the held-out ones (``val/judge*/acc@1``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from aligners.vq_descriptor import greedy_distinct_nearest
-from lightning_modules.face_outputs import encode_texts, judged_sets, readability
+from callbacks.intervals import mean_intervals
+from lightning_modules.face_outputs import draw_candidates, encode_texts, judged_sets, readability
 from lightning_modules.inference import load_run
 
 READOUTS = (("nearest", 0.0), ("csls", 0.5), ("csls", 1.0), ("csls", 1.5), ("center", 0.5), ("center", 1.0))
@@ -66,30 +67,37 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"readout": kind, "p": p, **figures, **readability(words, titles)}), flush=True)
     mapper.nearest = stage_nearest
     if args.judge > 0:
-        print(json.dumps(validation_judge(run, args.judge)), flush=True)
+        print(json.dumps(validation_judge(module, run.cfg, run.data, args.judge)), flush=True)
 
 
 @torch.no_grad()
-def validation_judge(run, rows: int) -> dict[str, float]:
-    """The stage's PMI judge on validation targets (the stage's read-out, each target against its own 9
-    seeded candidates, as ``val/interpretability``): ``rows`` seeded seen and ``rows`` held-out targets,
-    and on the held-out ones random words and the ceiling (the words nearest to the title's own text
-    embedding). No test user is read: a judge figure to tune on."""
-    module, cfg = run.module, run.cfg
-    held = module.heldout.cpu()[module.val_targets.cpu()]
+def validation_judge(module, cfg, data, rows: int) -> dict[str, float]:
+    """The stage's PMI judge on validation targets: the stage's read-out of ``rows`` seeded seen and
+    ``rows`` held-out targets, drawn from every validation user (the 2,000 of ``val/interpretability``
+    hold only about 280 held-out targets), each against 9 seeded random candidates; on the held-out
+    rows also random words and the ceiling (the words nearest to the title's own text embedding). No
+    test user is read: a judge figure to tune on."""
+    targets = data.valid_candidates[data.split_users("val"), 0]
+    candidates = draw_candidates(targets, data.num_items, cfg.stage.interpretability_candidates, cfg.data.eval_seed)
+    held = module.heldout.cpu()[targets]
     item_words = module.mapper.explain(module.describe(module.backbone.item_embeddings().float()[1:]))
     words, k = module.mapper.words, cfg.stage.num_words
     rng = np.random.default_rng(cfg.data.eval_seed)
     word_text = module.word_text.cpu() if module.word_text is not None else encode_texts(
         module.reader, words, cfg.text_encoder.batch_size, cfg.stage.text_dtype, "words").cpu()
     hits, held_rows, _ = judged_sets(
-        cfg, run.data, item_words, module.val_candidates, held, module.item_text.cpu(), word_text, words,
+        cfg, data, item_words, candidates, held, module.item_text.cpu(), word_text, words,
         lambda control: [[words[j] for j in rng.choice(len(words), k, replace=False)] for _ in control],
         rows, rows, module.device,
     )
-    return {f"val/{name}/acc@1": round(float(h.float().mean()), 4) for name, h in hits.items()} | {
-        "judge_rows": len(hits["judge"]), "judge_heldout_rows": len(held_rows)}
-
+    # with as many control rows as held-out rows, the random words are judged on the same rows: paired
+    hits["diff/judge_random"] = hits["judge_heldout"].float() - hits["judge_random"].float()
+    intervals = mean_intervals({k: v.float().numpy() for k, v in hits.items()}, cfg.stage.bootstrap_resamples, cfg.data.eval_seed)
+    out = {}
+    for name, h in hits.items():
+        out[f"val/{name}/acc@1"] = round(float(h.float().mean()), 4)
+        out[f"val/{name}/acc@1_ci95"] = [round(float(v), 4) for v in intervals[name]]
+    return out | {"judge_rows": len(hits["judge"]), "judge_heldout_rows": len(held_rows)}
 
 if __name__ == "__main__":
     main()

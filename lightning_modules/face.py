@@ -59,7 +59,7 @@ from aligners.descriptor_text import (
 )
 from aligners.llm import load_token_embeddings
 from aligners.text_encoder import item_text, load_text_encoder
-from aligners.vq_descriptor import VQDescriptorMapper
+from aligners.vq_descriptor import VQDescriptorMapper, word_vocabulary
 from backbones import BACKBONES
 from backbones.base import Backbone
 from datamodules.batch import SeqBatch
@@ -87,7 +87,8 @@ class FACEModule(FrozenParts, CFPretrainModule):
     """The backbone, FACE's mapper, the frozen text encoder and the entities' text embeddings.
 
     - ``mapper``: :class:`VQDescriptorMapper` over the LLM's word embeddings.
-    - ``bridge``: gradients from the text encoder's inputs back to the concepts.
+    - ``bridge``: gradients from the text encoder's inputs back to the concepts (``stage.align_weight``
+      > 0 only; None otherwise).
     - ``user_text [U+1, d]``, ``item_text [N+1, d]``: L2-normalised text embeddings (buffers).
     - ``reference``: a frozen copy of the backbone as loaded, scored at test as ``backbone``.
     """
@@ -101,7 +102,7 @@ class FACEModule(FrozenParts, CFPretrainModule):
         cfg: FACEConfig,
         loss: str,
         mapper: VQDescriptorMapper,
-        bridge: DescriptorBridge,
+        bridge: DescriptorBridge | None,
         text: DescriptorTextEncoder,
         user_text: Tensor,
         item_text: Tensor,
@@ -339,14 +340,18 @@ def build_face(cfg: Any, device: str | torch.device = "cpu") -> tuple[SeqDataMod
         raise ValueError("FACE reads descriptors through a Transformer text encoder; text_encoder=hashing cannot")
     llm_embeddings, llm_tokenizer = load_token_embeddings(cfg.llm)
     sentence_model = text_encoder.model
-    llm_ids, text_ids, words = shared_word_vocabulary(
-        llm_tokenizer, sentence_model[0].tokenizer, s.vocab_size, min_length=s.min_word_length, parts_of_speech=s.parts_of_speech
-    )
+    if s.align_weight > 0:  # the encoder reads each word's own input embedding: one token of both vocabularies
+        llm_ids, text_ids, words = shared_word_vocabulary(
+            llm_tokenizer, sentence_model[0].tokenizer, s.vocab_size, min_length=s.min_word_length, parts_of_speech=s.parts_of_speech
+        )
+    else:  # the word-level terms read each word's sentence embedding: any word the encoder can spell ("shampoo")
+        llm_ids, words = word_vocabulary(llm_tokenizer, s.vocab_size, min_length=s.min_word_length, parts_of_speech=s.parts_of_speech)
+        text_ids = None
     log.info("FACE vocabulary: %d words (LLM %s, text encoder %s)", len(words), cfg.llm.name, cfg.text_encoder.name)
     codebook = llm_embeddings[llm_ids]
     mapper = VQDescriptorMapper(backbone.hidden_dim, codebook, words, s.num_words, s.word_dim, s.dropout, s.lookup, s.standardize_concepts, balance=s.word_balance_cap > 0 or s.word_item_cap > 0)
     text = DescriptorTextEncoder(sentence_model, s.user_prompt, s.item_prompt, s.text_dtype)
-    bridge = DescriptorBridge(codebook, text.model.get_input_embeddings().weight[text_ids])
+    bridge = None if text_ids is None else DescriptorBridge(codebook, text.model.get_input_embeddings().weight[text_ids])
     text_encoder.to(device)
     batch, cache = cfg.text_encoder.batch_size, processed_dir(cfg.data) / "text_embeddings"
     texts = [item_text(t, d) for t, d in zip(data.titles, data.descriptions)]

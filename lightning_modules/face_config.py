@@ -62,7 +62,7 @@ class FACEConfig:
     val_interpretability_users: int = 2000  # (int) seeded validation users whose targets give val/interpretability*/acc@1 (0 = off)
     control: bool = True  # (bool) also train a copy of the backbone on its own loss alone (test/control/*)
     judge_users: int = 500  # (int) seeded test users per judged set (seen / held-out targets); 0 = no judge
-    judge_control_users: int = 200  # (int) of the held-out judged users, how many the random-word control and the ceiling see
+    judge_control_users: int = 500  # (int) of the held-out judged users, how many the random-word control and the ceiling see
     judge_title_tokens: int = 10  # (int) the judge reads each candidate title's first this many tokens (0 = all)
     judge_batch_size: int = 8  # (int) judged rows per LLM pass
     bootstrap_resamples: int = 2000  # (int) resamples of the rows for the 95% intervals

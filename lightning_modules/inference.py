@@ -189,6 +189,13 @@ class FACERecommender(CFRecommender):
         datamodule, module, _ = build_face(cfg, device)
         Recommender.__init__(self, cfg, run_dir, datamodule.data)
         weights = torch.load(run_dir / "weights.pt", map_location="cpu", weights_only=True)
+        saved = weights["mapper"].get("word_bias")
+        if saved is not None and len(saved) != len(module.mapper.words):
+            raise ValueError(
+                f"{run_dir} was trained over {len(saved)} descriptor words; this code builds {len(module.mapper.words)} from its "
+                "config (runs before FACE's run 3 of issue 15 required every word to be one token of the text encoder too). "
+                "Load it with the commit that trained it, or train it again"
+            )
         module.backbone.load_state_dict(weights["backbone"])
         module.mapper.load_state_dict(weights["mapper"])
         self.module = module.to(device).eval()

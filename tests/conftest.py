@@ -146,9 +146,10 @@ def make_tiny_word_llm(folder: Path) -> Path:
     return folder
 
 
-def make_tiny_sentence_encoder(folder: Path) -> Path:
+def make_tiny_sentence_encoder(folder: Path, spelled: tuple[str, ...] = ()) -> Path:
     """A random 2-layer BERT sentence-transformer (mean pooling, normalised) with a WordPiece vocabulary
-    holding :data:`WORDS`, the synthetic titles' words and punctuation; saved to ``folder``."""
+    holding :data:`WORDS`, the synthetic titles' words and punctuation; saved to ``folder``. The words
+    ``spelled`` are left out of its vocabulary: it reads them letter by letter."""
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
@@ -159,7 +160,7 @@ def make_tiny_sentence_encoder(folder: Path) -> Path:
     titles = {w.lower() for title, _ in make_synthetic(50, 50, 5, 6, 0).items.values() for w in title.split()}
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ",", ";", ":", ".", *letters, *(f"##{c}" for c in letters)]
-    vocab += sorted((set(WORDS) | titles | {"user", "product", "words", "likes", "described", "following"}) - set(vocab))
+    vocab += sorted((set(WORDS) | titles | {"user", "product", "words", "likes", "described", "following"}) - set(vocab) - set(spelled))
     raw = folder / "bert"
     raw.mkdir(parents=True)
     (raw / "vocab.txt").write_text("\n".join(vocab) + "\n")

@@ -113,6 +113,31 @@ def pretrained(tmp_path, tiny_word_llm_dir, tiny_sentence_encoder_dir):
     return tmp_path
 
 
+def test_vocabulary_needs_one_text_encoder_token_only_for_the_official_alignment(pretrained, tiny_word_llm_dir, tmp_path_factory):
+    """The word-level terms read each word's sentence embedding, so a word the text encoder splits
+    ("shampoo", as MiniLM's WordPiece does) is a descriptor; the official alignment feeds the encoder
+    each word's own input embedding, so there it must be one token of both."""
+    from lightning_modules.config import compose
+    from lightning_modules.face import build_face
+    from tests.conftest import make_tiny_sentence_encoder
+
+    spelling = make_tiny_sentence_encoder(tmp_path_factory.mktemp("st_spelling"), spelled=("shampoo",))
+    vocabularies = {}
+    for weight in (0.0, 0.1):
+        cfg = compose(_face_stage(pretrained, tiny_word_llm_dir, spelling, f"stage.align_weight={weight}", "stage.judge_users=0"))
+        _, module, _ = build_face(cfg)
+        vocabularies[weight] = module.mapper.words
+        assert (module.bridge is None) == (weight == 0)
+        assert len(module.word_text) == len(module.mapper.words)
+    assert "shampoo" in vocabularies[0.0] and "shampoo" not in vocabularies[0.1]
+    # what the official alignment drops is exactly the words the encoder reads as more than one token
+    tokenizer = _sentence_model(spelling).model[0].tokenizer
+    dropped = set(vocabularies[0.0]) - set(vocabularies[0.1])
+    assert set(vocabularies[0.1]) <= set(vocabularies[0.0])
+    assert all(len(tokenizer(w, add_special_tokens=False).input_ids) > 1 for w in dropped)
+    assert all(len(tokenizer(w, add_special_tokens=False).input_ids) == 1 for w in vocabularies[0.1])
+
+
 def test_face_loss_decreases_on_synthetic_data(pretrained, tiny_word_llm_dir, tiny_sentence_encoder_dir):
     from lightning_modules.config import compose
     from lightning_modules.face import build_face
@@ -188,6 +213,20 @@ def test_face_stage_writes_descriptors_and_metrics(pretrained, tiny_word_llm_dir
     assert len(items) == metrics["num_items"] and len(users) == metrics["num_users"]
     assert items[0]["title"] and items[0]["raw_id"]
     assert sum(int(r["heldout"]) for r in items) == metrics["num_heldout_items"]
+    from transformers import AutoTokenizer
+
+    from aligners.vq_descriptor import word_vocabulary
+
+    vocabulary = set(word_vocabulary(AutoTokenizer.from_pretrained(tiny_word_llm_dir), 20000, parts_of_speech="noun_adj")[1])
+    assert len(vocabulary) == metrics["vocabulary_size"]
     for row in rows:
         words = row["words"].split()
-        assert len(words) == 4 == len(set(words)) and set(words) <= set(WORDS)
+        assert len(words) == 4 == len(set(words)) and set(words) <= vocabulary
+    # a run trained over another vocabulary does not load silently
+    from lightning_modules.inference import load_run
+
+    weights = torch.load(run_dir / "weights.pt", weights_only=True)
+    weights["mapper"]["word_bias"] = weights["mapper"]["word_bias"][:-1]
+    torch.save(weights, run_dir / "weights.pt")
+    with pytest.raises(ValueError, match="descriptor words"):
+        load_run(run_dir)

@@ -116,10 +116,26 @@ def test_face_pilot_tunes_on_validation_users_only(pretrained, tiny_word_llm_dir
     def no_test(self):
         raise AssertionError("the pilot read test users")
 
+    setup = SeqDataModule.setup
+
+    class Unread:  # the test targets: present, but reading them fails
+        def __getitem__(self, index):
+            raise AssertionError("the pilot read test targets")
+
+    def setup_without_test_targets(self, stage=None):  # the judge at the end must not read them either
+        setup(self, stage)
+        self.data.test_candidates = Unread()
+
     monkeypatch.setattr(SeqDataModule, "test_dataloader", no_test)
+    monkeypatch.setattr(SeqDataModule, "setup", setup_without_test_targets)
     out = io.StringIO()
     overrides = _face_stage(pretrained, tiny_word_llm_dir, tiny_sentence_encoder_dir, "stage.val_interpretability_users=30")
-    records = face_pilot.pilot(overrides, steps=10, every=5, control=True, out=out)
+    records = face_pilot.pilot(overrides, steps=10, every=5, control=True, judge=3, out=out)
+    judged = records[-1]  # the stage's LLM judge on validation targets, with its random-word control
+    assert judged["judge_rows"] == 3 and 0 < judged["judge_heldout_rows"] <= 3
+    for name in ("judge", "judge_heldout", "judge_random", "judge_ceiling"):
+        low, high = judged[f"val/{name}/acc@1_ci95"]
+        assert 0 <= low <= judged[f"val/{name}/acc@1"] <= high <= 1, name
     assert records[0]["validation_users"] == 30 and 0 <= records[0]["probe"] <= 1
     evaluations = [r for r in records if "interpretability" in r]
     assert [r["step"] for r in evaluations] == [5, 10]
