@@ -99,5 +99,6 @@ def validation_judge(module, cfg, data, rows: int) -> dict[str, float]:
         out[f"val/{name}/acc@1_ci95"] = [round(float(v), 4) for v in intervals[name]]
     return out | {"judge_rows": len(hits["judge"]), "judge_heldout_rows": len(held_rows)}
 
+
 if __name__ == "__main__":
     main()
