@@ -279,15 +279,19 @@ class VQDescriptorMapper(nn.Module):
 
     @torch.no_grad()
     def calibrate(self, z_e: Tensor, cap: float, step: float = 0.02, candidates: int = 128, max_iters: int = 300) -> tuple[int, Tensor]:
-        """Raise the lookup penalties until no word is among the words of more than ``cap`` of the
-        entities whose concepts are ``z_e [N, n, d_w]`` (cosine lookup only).
+        """Set the lookup penalties, from zero, to those that keep every word out of more than ``cap``
+        of the entities whose concepts are ``z_e [N, n, d_w]`` (cosine lookup only).
 
         Each round raises every over-used word's penalty by ``step`` (cosine units) and reads the
         entities' words again, over each concept's ``candidates`` most similar words (a word outside
-        them is never nearer than the last of them). Penalties only rise here, so a word over the cap
-        always gives way to the entities' next-nearest words. Returns ``(rounds, picks [N, n])``."""
+        them is never nearer than the last of them). Penalties only rise within a calibration, so a
+        word over the cap always gives way to the entities' next-nearest words. The penalties that
+        :meth:`balance` gathered in training are dropped first: they count every step's users and items,
+        and kept as the starting point they suppressed words far below the cap ("hair" in 16 of
+        Beauty's 12,101 items; 1,235 titles have it). Returns ``(rounds, picks [N, n])``."""
         if self.lookup != "cosine":
             raise ValueError("calibrating the word penalties needs stage.lookup=cosine")
+        self.word_bias.zero_()
         n = self.num_words
         codes = self.mapped_codebook()
         flat = z_e.reshape(-1, z_e.shape[-1])

@@ -205,5 +205,9 @@ def test_calibration_keeps_every_word_under_the_item_cap_and_matches_the_read_ou
     assert top_before > 0.5 and rounds > 0 and top_after <= 0.2
     assert torch.equal(mapper.nearest(z), picks)  # the stored penalties give the same words at read-out
     assert (mapper.word_bias >= 0).all() and mapper.word_bias[before.flatten().unique()].max() > 0
+    # penalties gathered before (in training) do not carry over: a word pushed out by them comes back
+    calibrated = mapper.word_bias.clone()
+    mapper.word_bias[before[:, 0].mode().values] += 5.0
+    assert torch.equal(mapper.calibrate(z, cap=0.2, candidates=60)[1], picks) and torch.equal(mapper.word_bias, calibrated)
     with pytest.raises(ValueError, match="cosine"):
         _mapper(lookup="euclidean").calibrate(z, cap=0.2)
