@@ -39,7 +39,7 @@ class FACEConfig:
     standardize_concepts: bool = True  # (bool) centre and scale each slot's concepts by running statistics before the lookup
     word_balance_cap: float = 0.02  # (float) share of a step's entities above which a word's lookup penalty rises (0 = off)
     word_balance_rate: float = 0.01  # (float) its change per step, in cosine units
-    word_item_cap: float = 0.04  # (float) after each epoch, penalties rise until no word is in more than this share of items (0 = off)
+    word_item_cap: float = 0.04  # (float) after each epoch, penalties are set from zero so that no word is in more than this share of items (0 = off)
     vq_weight: float = 1.0
     recons_weight: float = 1.0
     align_weight: float = 0.0  # (float) the official alignment (0.1 there); see conf/stage/face.yaml
