@@ -385,7 +385,8 @@ def run_face(cfg: Any) -> dict[str, Any]:
     metrics["llm"] = cfg.llm.name
     metrics["loss"] = module.loss_name
     metrics["num_trained_parameters"] = sum(p.numel() for p in module.mapper.parameters())
-    weights = {"backbone": module.backbone.state_dict(), "mapper": module.mapper.state_dict()}
+    # the vocabulary the mapper's indices refer to, so that a run never loads over another one
+    weights = {"backbone": module.backbone.state_dict(), "mapper": module.mapper.state_dict(), "words": list(module.mapper.words)}
     if module.control is not None:  # the continued-training control, so that its comparison can be redone
         weights["control"] = module.control.state_dict()
     return finish(cfg, trainer, metrics, weights, datamodule.data)

@@ -226,7 +226,13 @@ def test_face_stage_writes_descriptors_and_metrics(pretrained, tiny_word_llm_dir
     from lightning_modules.inference import load_run
 
     weights = torch.load(run_dir / "weights.pt", weights_only=True)
-    weights["mapper"]["word_bias"] = weights["mapper"]["word_bias"][:-1]
-    torch.save(weights, run_dir / "weights.pt")
+    assert weights["words"] == load_run(run_dir).module.mapper.words
+    swapped = dict(weights, words=weights["words"][::-1])  # same size, other order: the indices name other words
+    torch.save(swapped, run_dir / "weights.pt")
+    with pytest.raises(ValueError, match="word 0 is"):
+        load_run(run_dir)
+    older = {k: v for k, v in weights.items() if k != "words"}  # a run saved before the words were
+    older["mapper"] = dict(weights["mapper"], word_bias=weights["mapper"]["word_bias"][:-1])
+    torch.save(older, run_dir / "weights.pt")
     with pytest.raises(ValueError, match="descriptor words"):
         load_run(run_dir)
