@@ -189,17 +189,21 @@ class FACERecommender(CFRecommender):
         datamodule, module, _ = build_face(cfg, device)
         Recommender.__init__(self, cfg, run_dir, datamodule.data)
         weights = torch.load(run_dir / "weights.pt", map_location="cpu", weights_only=True)
-        words = module.mapper.words
-        saved = weights.get("words")  # runs before run 5 of issue 15 did not save it: their penalties' length stands in
-        bias = weights["mapper"].get("word_bias")
-        size = len(saved) if saved is not None else len(bias) if bias is not None else len(words)
-        if size != len(words) or (saved is not None and list(saved) != list(words)):
-            first = next((f"word {i} is {a!r} there, {b!r} here" for i, (a, b) in enumerate(zip(saved, words)) if a != b), "") if saved else ""
+        words = list(module.mapper.words)
+        saved = weights.get("words")
+        if saved is not None:
+            size, differs = len(saved), saved != words
+        else:  # runs trained before the word list was saved (run 4 of issue 15 and earlier): its length only
+            bias = weights["mapper"].get("word_bias")
+            size = len(bias) if bias is not None else len(words)
+            differs = size != len(words)
+        if differs:
+            first = next((f" (word {i} is {a!r} there, {b!r} here)" for i, (a, b) in enumerate(zip(saved or [], words)) if a != b), "")
             raise ValueError(
-                f"{run_dir} was trained over {size} descriptor words; this code builds {len(words)} from its config"
-                f"{' (' + first + ')' if first else ''}, so its word indices would name other words (runs before FACE's "
-                "run 3 of issue 15 required every word to be one token of the text encoder too; a new wordfreq or "
-                "lemminflect can change the list). Load it with the commit and packages that trained it, or train it again"
+                f"{run_dir} was trained over {size} descriptor words; this code builds {len(words)} from its config{first}, "
+                "so its word indices would name other words (runs before FACE's run 3 of issue 15 required every word "
+                "to be one token of the text encoder too; a new wordfreq or lemminflect can change the list). Load it "
+                "with the commit and packages that trained it, or train it again"
             )
         module.backbone.load_state_dict(weights["backbone"])
         module.mapper.load_state_dict(weights["mapper"])
