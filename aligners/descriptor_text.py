@@ -197,3 +197,23 @@ def slot_info_nce(weights: Tensor, near: Tensor, indices: Tensor, word_text: Ten
         labels = torch.arange(len(rows), device=indices.device).repeat_interleave(indices.shape[1])
         losses.append(F.cross_entropy(logits.flatten(0, 1), labels, reduction="sum"))
     return torch.stack(losses).sum() / indices.numel()
+
+
+def title_word_coverage(title_logits: Tensor, log_norm: Tensor, weights: Tensor) -> Tensor:
+    """How far each item's slots are from covering its title's words: ``sum_t weights[:, t] *
+    -log P(some slot picks word t)``, averaged over the rows with a title word.
+
+    Slot ``j`` picks word ``t`` with ``p_j(t) = exp(title_logits[:, j, t] - log_norm[:, j])``: the
+    relaxed assignment's softmax, ``log_norm [R, n]`` being the log-sum-exp of the slot's logits over
+    its nearest words (a title word outside them counts for less than the last of them, so leaving it
+    out of the sum changes little). A word is covered with ``1 - prod_j (1 - p_j(t))``: one slot per
+    title word suffices and the other slots stay free. ``title_logits [R, n, T]`` are the slots' logits
+    for the title words, ``weights [R, T]`` their weights (:func:`title_word_targets`; 0 = padding)."""
+    logp = (title_logits - log_norm.unsqueeze(-1)).clamp(max=math.log1p(-1e-6))
+    miss = -torch.log1p(-logp.exp()).sum(1)  # [R, T]: -log P(no slot picks it)
+    # log(1 - exp(-miss)); where every p_j is tiny that is log(sum_j p_j), which keeps its gradient
+    log_cover = torch.where(miss < 1e-4, logp.logsumexp(1), torch.log(-torch.expm1(-miss.clamp(min=1e-4))))
+    has = weights.sum(1) > 0
+    if not has.any():
+        return title_logits.sum() * 0
+    return -(weights[has] * log_cover[has]).sum() / has.sum()

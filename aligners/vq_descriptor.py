@@ -256,15 +256,20 @@ class VQDescriptorMapper(nn.Module):
         quantized, loss = self.quantize(z_e, indices)
         return quantized, indices, loss
 
-    def relaxed(self, z_e: Tensor, near: Tensor, temperature: float) -> Tensor:
-        """Soft assignment ``[N, n, M]`` of each concept over its ``M`` nearest rows ``near``:
-        softmax of ``-squared distance / (2 d_w temperature)``, which under the cosine lookup is
-        ``cosine / temperature`` (plus a constant). Gradients reach the concepts and the codebook map."""
+    def relaxed_logits(self, z_e: Tensor, near: Tensor, temperature: float) -> Tensor:
+        """Logits ``[N, n, M]`` of each concept for the rows ``near [N, n, M]``: ``-squared distance /
+        (2 d_w temperature)`` with the lookup penalties, which under the cosine lookup is ``cosine /
+        temperature`` (plus a constant). Gradients reach the concepts and the codebook map."""
         codes = self.mapped_codebook()
         near_codes = F.embedding(near, codes)  # [N, n, M, d_w]; its backward is 2x faster than indexing's
         dots = (near_codes @ z_e.unsqueeze(-1)).squeeze(-1)
         distances = z_e.pow(2).sum(-1, keepdim=True) - 2 * dots + codes.pow(2).sum(-1)[near] + 2 * self.word_dim * self.word_bias[near]
-        return (-distances / (2 * self.word_dim * temperature)).softmax(-1)
+        return -distances / (2 * self.word_dim * temperature)
+
+    def relaxed(self, z_e: Tensor, near: Tensor, temperature: float) -> Tensor:
+        """Soft assignment ``[N, n, M]`` of each concept over its ``M`` nearest rows ``near``: the
+        softmax of :meth:`relaxed_logits`."""
+        return self.relaxed_logits(z_e, near, temperature).softmax(-1)
 
     @torch.no_grad()
     def balance(self, indices: Tensor, cap: float, rate: float) -> None:

@@ -55,6 +55,7 @@ from aligners.descriptor_text import (
     relaxed_word_text,
     shared_word_vocabulary,
     slot_info_nce,
+    title_word_coverage,
     word_usage_entropy,
 )
 from aligners.llm import load_token_embeddings
@@ -75,6 +76,7 @@ from lightning_modules.face_outputs import (
     heldout_items,
     interpretability_hits,
     seeded_rows,
+    title_word_targets,
     user_texts,
 )
 from lightning_modules.frozen import FrozenParts
@@ -111,6 +113,7 @@ class FACEModule(FrozenParts, CFPretrainModule):
         heldout: Tensor | None = None,
         reader: Any = None,
         val_targets: Tensor | None = None,
+        title_targets: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         super().__init__(backbone, cfg, loss=loss)
         self.reference = copy.deepcopy(backbone).requires_grad_(False).eval()
@@ -136,6 +139,13 @@ class FACEModule(FrozenParts, CFPretrainModule):
             raise ValueError(f"heldout has {len(heldout)} rows for {len(item_text)} items (with the padding row)")
         self.register_buffer("heldout", heldout.bool(), persistent=False)
         self.hides_items = bool(heldout.any())
+        if cfg.word_title_weight > 0 and title_targets is None:
+            raise ValueError("stage.word_title_weight > 0 needs every item's title words (title_targets)")
+        if title_targets is not None and len(title_targets[0]) != len(item_text):
+            raise ValueError(f"title_targets has {len(title_targets[0])} rows for {len(item_text)} items (with the padding row)")
+        ids, weights = title_targets if title_targets is not None else (None, None)
+        self.register_buffer("title_ids", ids, persistent=False)  # [N+1, T] each item's title words (vocabulary rows)
+        self.register_buffer("title_weights", weights, persistent=False)  # [N+1, T] their IDF weights (0 = none)
         self.register_buffer("val_targets", val_targets, persistent=False)  # [V] validation targets for val/interpretability*
         self.val_candidates = None if val_targets is None else draw_candidates(val_targets, backbone.num_items, cfg.interpretability_candidates, seed)
         object.__setattr__(self, "reader", reader)  # the text encoder (not a submodule: its weights are in ``text``)
@@ -159,6 +169,7 @@ class FACEModule(FrozenParts, CFPretrainModule):
         face = c.vq_weight * terms["vq"] + c.recons_weight * terms["recons"]
         text_terms = (("align", c.align_weight, "train/loss_align"), ("word_align", c.word_align_weight, "train/loss_word_align"),
                       ("word_slot", c.word_slot_weight, "train/loss_word_slot"),
+                      ("word_title", c.word_title_weight, "train/loss_word_title"),
                       ("word_diversity", -c.word_diversity_weight, "train/word_diversity"))
         for name, weight, key in text_terms:
             if name in terms:
@@ -193,7 +204,7 @@ class FACEModule(FrozenParts, CFPretrainModule):
         if self.cfg.backbone_face_grad != 1:  # the same values; FACE's gradient into the backbone scaled
             x = x * self.cfg.backbone_face_grad + x.detach() * (1 - self.cfg.backbone_face_grad)
         z_e = self.mapper.encode(x)
-        relax = self.aligning and (self.cfg.word_align_weight > 0 or self.cfg.word_slot_weight > 0)
+        relax = self.aligning and (self.cfg.word_align_weight > 0 or self.cfg.word_slot_weight > 0 or self.cfg.word_title_weight > 0)
         indices, near = self.mapper.search(z_e, self.cfg.word_neighbours if relax else 0)
         quantized, vq_loss = self.mapper.quantize(z_e, indices)
         if self.cfg.word_balance_cap > 0 and self.training:
@@ -224,13 +235,19 @@ class FACEModule(FrozenParts, CFPretrainModule):
                 accuracy = ((described @ targets[read].T).argmax(-1) == torch.arange(len(read), device=x.device)).float().mean()
             self.log("train/align_acc", accuracy, prog_bar=True, batch_size=len(read))
         if relax:
-            weights = self.mapper.relaxed(z_text, near_text, self.cfg.word_temperature)
+            logits = self.mapper.relaxed_logits(z_text, near_text, self.cfg.word_temperature)
+            weights = logits.softmax(-1)
             groups = (~is_user).long() if self.cfg.word_align_by_type else None
             described = relaxed_word_text(weights, near_text, idx_text, self.word_text)
             terms["word_align"] = info_nce(described, targets, self.cfg.word_align_temperature, groups)
             if self.cfg.word_slot_weight > 0:
                 terms["word_slot"] = slot_info_nce(weights, near_text, idx_text, self.word_text, targets,
                                                    self.cfg.word_align_temperature, groups)
+            if self.cfg.word_title_weight > 0:  # the kept items' own title words (held-out items are not kept)
+                kept_items, n = items[kept - k], indices.shape[1]
+                ids = self.title_ids[kept_items].unsqueeze(1).expand(-1, n, -1)
+                title_logits = self.mapper.relaxed_logits(z_text[k:], ids, self.cfg.word_temperature)
+                terms["word_title"] = title_word_coverage(title_logits, logits[k:].logsumexp(-1), self.title_weights[kept_items])
             if self.cfg.word_diversity_weight > 0:
                 terms["word_diversity"] = word_usage_entropy(weights, near_text, len(self.mapper.words))
         return terms
@@ -366,8 +383,9 @@ def build_face(cfg: Any, device: str | torch.device = "cpu") -> tuple[SeqDataMod
     if s.val_interpretability_users > 0 and data.valid_candidates is not None:
         val_users = seeded_rows(data.split_users("val"), s.val_interpretability_users, cfg.data.eval_seed)
         val_targets = data.valid_candidates[val_users, 0]
+    title_targets = title_word_targets(data.titles, words, heldout) if s.word_title_weight > 0 else None
     module = FACEModule(backbone, s, loss, mapper, bridge, text, users, items, word_text, seed=cfg.seed,
-                        heldout=heldout, reader=text_encoder, val_targets=val_targets)
+                        heldout=heldout, reader=text_encoder, val_targets=val_targets, title_targets=title_targets)
     return datamodule, module, text_encoder
 
 

@@ -50,6 +50,7 @@ class FACEConfig:
     word_align_temperature: float = 0.05  # (float) InfoNCE temperature of the word-level alignment
     word_diversity_weight: float = 1.0  # (float) reward for the entropy of the step's averaged soft word choice (0 = off)
     word_slot_weight: float = 10.0  # (float) InfoNCE of every descriptor word on its own (0 = off)
+    word_title_weight: float = 1.0  # (float) each seen item's slots should cover its title's words, IDF-weighted (0 = off)
     word_align_by_type: bool = True  # (bool) its InfoNCE contrasts items with items and users with users only
     entities_per_step: int = 128  # (int) users per step, with as many positive and random items (FACE's losses)
     encoder_entities_per_step: int = 64  # (int) of those users, how many (with their items) the text encoder reads
@@ -85,7 +86,9 @@ class FACEConfig:
             raise ValueError("stage.word_item_cap > 0 needs stage.lookup=cosine")
         if not 0 <= self.backbone_face_grad <= 1:
             raise ValueError(f"stage.backbone_face_grad must be in [0, 1], got {self.backbone_face_grad}")
-        for key in ("word_align_weight", "word_slot_weight"):
+        if self.word_title_weight > 0 and self.lookup != "cosine":
+            raise ValueError("stage.word_title_weight > 0 needs stage.lookup=cosine")
+        for key in ("word_align_weight", "word_slot_weight", "word_title_weight"):
             if getattr(self, key) < 0:
                 raise ValueError(f"stage.{key} must be >= 0, got {getattr(self, key)}")
         if self.interpretability_candidates < 2:

@@ -62,27 +62,32 @@ def test_heldout_items_get_no_gradient_from_any_text_loss(pretrained, tiny_word_
     from lightning_modules.config import compose
     from lightning_modules.face import build_face
 
-    def text_gradient(fraction: float):
+    def text_gradient(fraction: float, names=("align", "word_align", "word_diversity", "word_title")):
         cfg = compose(_face_stage(pretrained, tiny_word_llm_dir, tiny_sentence_encoder_dir, "stage.map_epochs=0",
                                   f"stage.text_heldout_fraction={fraction}", "stage.align_weight=0.1",
-                                  "stage.encoder_entities_per_step=8", "stage.judge_users=0"))
+                                  "stage.word_title_weight=1", "stage.encoder_entities_per_step=8", "stage.judge_users=0"))
         datamodule, module, _ = build_face(cfg)
         batch = next(iter(datamodule.train_dataloader()))
         torch.manual_seed(0)
         terms = module.face_terms(batch)
-        assert {"align", "word_align", "word_diversity"} <= terms.keys()
-        (terms["align"] + terms["word_align"] - terms["word_diversity"]).backward()
+        assert set(names) <= terms.keys()
+        sum(-terms[n] if n == "word_diversity" else terms[n] for n in names).backward()
         items = torch.cat([batch.pos_items[:16, -1], module._negatives(16)]).unique()
-        return module.heldout, items, _embedding_table(module.backbone).grad.abs().sum(1)
+        return module, items, _embedding_table(module.backbone).grad.abs().sum(1)
 
-    heldout, items, grad = text_gradient(0.5)
-    held_in_step = items[heldout[items]]
-    assert len(held_in_step) and len(items[~heldout[items]])
-    assert torch.all(grad[heldout] == 0), grad[held_in_step]
-    assert torch.all(grad[items[~heldout[items]]] > 0)  # the kept items do learn from text
-    # the control that could fail: with nothing held out, the same items get text gradients
-    _, _, grad_all = text_gradient(0.0)
-    assert torch.all(grad_all[held_in_step] > 0)
+    for names in (("align", "word_align", "word_diversity", "word_title"), ("word_title",)):
+        module, items, grad = text_gradient(0.5, names)
+        held_in_step, kept = items[module.heldout[items]], items[~module.heldout[items]]
+        if names == ("word_title",):  # that term reaches only items whose titles have a descriptor word
+            kept = kept[module.title_weights[kept].sum(1) > 0]
+        assert len(held_in_step) and len(kept)
+        assert torch.all(grad[module.heldout] == 0), (names, grad[held_in_step])
+        assert torch.all(grad[kept] > 0), names  # the kept items do learn from text
+        # the control that could fail: with nothing held out, the same items get text gradients
+        module_all, _, grad_all = text_gradient(0.0, names)
+        if names == ("word_title",):
+            held_in_step = held_in_step[module_all.title_weights[held_in_step].sum(1) > 0]
+        assert len(held_in_step) and torch.all(grad_all[held_in_step] > 0), names
 
 
 def test_control_backbone_learns_from_its_own_loss_alone(pretrained, tiny_word_llm_dir, tiny_sentence_encoder_dir):  # noqa: F811

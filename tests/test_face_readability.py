@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from aligners.vq_descriptor import is_noun_or_adjective, word_vocabulary
 from lightning_modules.face_outputs import readability
@@ -130,3 +131,47 @@ def test_slot_info_nce_scores_every_word_on_its_own():
     grouped = slot_info_nce(soft.detach(), near, torch.tensor([[3], [3], [3]]), word_text, targets, 0.1,
                             groups=torch.tensor([0, 0, 1]))
     assert grouped.item() == pytest.approx((2 * math.log(2) + 0) / 3)
+
+
+def test_title_word_targets_weight_rare_title_words_and_skip_heldout_items():
+    from lightning_modules.face_outputs import title_word_targets
+
+    words = ["nail", "polish", "ounce", "hair", "mascara"]
+    titles = [None, "Nail Polish, 0.5 Ounce", "Hair Oil 2 ounce", "Mascara 1 Ounce", "No listed word", "Nail art"]
+    skip = torch.tensor([False, False, False, False, False, True])
+    ids, weights = title_word_targets(titles, words, skip)
+    assert ids.shape == weights.shape == (6, 3)
+    assert weights[0].sum() == 0 and weights[4].sum() == 0 and weights[5].sum() == 0  # padding, no word, held out
+    assert torch.allclose(weights[1:4].sum(1), torch.ones(3))
+    row = dict(zip(ids[3].tolist(), weights[3].tolist()))
+    assert {i for i, w in row.items() if w > 0} == {words.index("mascara"), words.index("ounce")}
+    # "ounce" is in all three counted titles (IDF ~0), "mascara" in one: the rare word takes the weight
+    assert row[words.index("mascara")] > 0.99
+    # the held-out item's "nail" does not count in the frequencies: "nail" is in one of three titles, as "polish"
+    first = dict(zip(ids[1].tolist(), weights[1].tolist()))
+    assert first[words.index("nail")] == pytest.approx(first[words.index("polish")])
+
+
+def test_title_word_coverage_is_low_when_a_slot_picks_each_title_word():
+    from aligners.descriptor_text import title_word_coverage
+
+    targets, weights = torch.tensor([[1, 3]]), torch.tensor([[0.5, 0.5]])
+
+    def coverage(sims: torch.Tensor, w: torch.Tensor = weights) -> torch.Tensor:  # sims [1, n, 5]: every slot's cosines
+        logits = sims / 0.05
+        return title_word_coverage(logits[:, :, targets[0]], logits.logsumexp(-1), w)
+
+    covered = torch.full((1, 3, 5), -1.0)
+    covered[0, 0, 1] = covered[0, 1, 3] = 1.0  # slot 0 picks word 1, slot 1 word 3, slot 2 none of them
+    missed = torch.full((1, 3, 5), -1.0)
+    missed[0, :, 0] = 1.0  # every slot on word 0, which is not in the title
+    low, high = coverage(covered), coverage(missed)
+    assert low < 0.01 and high > 30
+    # one slot per title word is enough: a third slot on a title word adds almost nothing
+    both = covered.clone()
+    both[0, 2, 1] = 1.0
+    assert coverage(both) <= low
+    sims = missed.clone().requires_grad_(True)
+    coverage(sims).backward()
+    assert (sims.grad[0, :, [1, 3]] < 0).all() and (sims.grad[0, :, 0] > 0).all()  # towards the title words, away from word 0
+    assert coverage(covered, torch.zeros(1, 2)) == 0  # rows without a title word add nothing
