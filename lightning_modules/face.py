@@ -3,7 +3,7 @@
 Every step adds FACE's losses to the backbone's own loss (reference ``face.md`` section 4):
 
     L = L_backbone + vq_weight * L_Q + recons_weight * L_rec
-        + align_weight * L_align + word_align_weight * L_word
+        + align_weight * L_align + word_align_weight * L_word (+ the terms below)
 
 over the step's entities: the batch's first ``entities_per_step`` users, their positive items and
 as many uniformly random items (the official code's users, positives and negatives).
@@ -19,7 +19,9 @@ as many uniformly random items (the official code's users, positives and negativ
   through the encoder's input embeddings, and alone left the descriptors at chance on Beauty.
   With it, ``- word_diversity_weight * H``: the normalised entropy of the soft word choice
   averaged over the step (wav2vec 2.0's diversity loss), which keeps the entities' concepts from
-  drifting onto one shared cluster of words.
+  drifting onto one shared cluster of words. And ``+ word_title_weight * L_title`` (not in the official
+  code): each kept item's slots should cover its own title's descriptor words, IDF-weighted
+  (:func:`aligners.descriptor_text.title_word_coverage`).
 
 The backbone keeps training at ``backbone_lr`` (the official lr / 10) and receives FACE's gradients
 through its embeddings. The first ``map_epochs`` epochs are the map phase (no alignment terms), the

@@ -195,8 +195,9 @@ def title_word_targets(titles: list[str | None], words: list[str], skip: Tensor)
     ``(ids [N+1, T], weights [N+1, T])``, ``ids`` indexing ``words``, zero-padded, each row's weights
     summing to 1 (0 where an item has no such word). ``titles[0]`` is the padding row; items with
     ``skip [N+1]`` (held out from text) get none and do not count in the frequencies. IDF,
-    ``log(items / items with the word)``, keeps words in many titles ("ounce": 28% of Beauty's) from
-    outweighing the product's type ("mascara")."""
+    ``log(items / items with the word) + 0.001`` (so a word in every title keeps a trace of weight),
+    keeps words in many titles ("ounce": 28% of Beauty's) from outweighing the product's type
+    ("shampoo")."""
     index = {w: i for i, w in enumerate(words)}
     rows = [[] if skip[k] else sorted(index[w] for w in title_words(t) if w in index) for k, t in enumerate(titles)]
     rows[0] = []
