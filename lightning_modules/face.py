@@ -223,7 +223,8 @@ class FACEModule(FrozenParts, CFPretrainModule):
         idx_text = torch.cat([indices[:k], indices[kept]])
         near_text = None if near is None else torch.cat([near[:k], near[kept]])
         q_text = torch.cat([q_users, quantized[kept]])
-        targets = torch.cat([self.user_text[user_ids], self.item_text[items[kept - k]]])
+        kept_items = items[kept - k]
+        targets = torch.cat([self.user_text[user_ids], self.item_text[kept_items]])
         kind = torch.cat([torch.zeros(k, device=x.device), torch.where(kept < 2 * k, 1.0, 2.0)])  # user, positive, random
         is_user = kind == 0
         if self.cfg.align_weight > 0:
@@ -240,14 +241,14 @@ class FACEModule(FrozenParts, CFPretrainModule):
             logits = self.mapper.relaxed_logits(z_text, near_text, self.cfg.word_temperature)
             weights = logits.softmax(-1)
             groups = (~is_user).long() if self.cfg.word_align_by_type else None
-            described = relaxed_word_text(weights, near_text, idx_text, self.word_text)
-            terms["word_align"] = info_nce(described, targets, self.cfg.word_align_temperature, groups)
+            if self.cfg.word_align_weight > 0:
+                described = relaxed_word_text(weights, near_text, idx_text, self.word_text)
+                terms["word_align"] = info_nce(described, targets, self.cfg.word_align_temperature, groups)
             if self.cfg.word_slot_weight > 0:
                 terms["word_slot"] = slot_info_nce(weights, near_text, idx_text, self.word_text, targets,
                                                    self.cfg.word_align_temperature, groups)
             if self.cfg.word_title_weight > 0:  # the kept items' own title words (held-out items are not kept)
-                kept_items, n = items[kept - k], indices.shape[1]
-                ids = self.title_ids[kept_items].unsqueeze(1).expand(-1, n, -1)
+                ids = self.title_ids[kept_items].unsqueeze(1).expand(-1, indices.shape[1], -1)
                 title_logits = self.mapper.relaxed_logits(z_text[k:], ids, self.cfg.word_temperature)
                 terms["word_title"] = title_word_coverage(title_logits, logits[k:].logsumexp(-1), self.title_weights[kept_items])
             if self.cfg.word_diversity_weight > 0:

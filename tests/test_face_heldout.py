@@ -148,3 +148,17 @@ def test_face_pilot_tunes_on_validation_users_only(pretrained, tiny_word_llm_dir
         assert 0 <= r["interpretability"] <= 1 and 0 < r["top_word_item_share"] <= 1
         assert r["ndcg"] > 0 and r["backbone_ndcg"] > 0 and r["control_ndcg"] > 0
     assert len(out.getvalue().splitlines()) == len(records)
+
+
+def test_title_word_term_runs_without_the_word_text_terms(pretrained, tiny_word_llm_dir, tiny_sentence_encoder_dir):  # noqa: F811
+    """The title-word term needs no word text embeddings: alone, it is the only text term of the step."""
+    from lightning_modules.config import compose
+    from lightning_modules.face import build_face
+
+    cfg = compose(_face_stage(pretrained, tiny_word_llm_dir, tiny_sentence_encoder_dir, "stage.map_epochs=0",
+                              "stage.word_align_weight=0", "stage.word_slot_weight=0", "stage.word_diversity_weight=0",
+                              "stage.judge_users=0"))
+    datamodule, module, _ = build_face(cfg)
+    assert module.word_text is None
+    terms = module.face_terms(next(iter(datamodule.train_dataloader())))
+    assert set(terms) == {"vq", "recons", "word_title"} and torch.isfinite(terms["word_title"]) and terms["word_title"] > 0
